@@ -1,0 +1,72 @@
+"""What the sink consumes: versioned changes, grouped in batches with their checkpoint.
+
+CDC, backfill and verify's repair all speak this one shape, so the sink has a single
+write path (DESIGN §3.1–3.3):
+
+* :class:`Change` — one document's new state (``upsert``, raw BSON) or its absence
+  (``delete``), with the version (packed cluster time) that state had in MongoDB and
+  the :class:`Origin` that decides ties: a change event wins a tie against what is
+  stored, a backfill row loses it.
+* :class:`Checkpoint` — the stream position committed in the same transaction as the
+  batch's rows (resume token + cluster time).
+* :class:`Batch` — changes in stream order, plus optionally a checkpoint and the
+  backfill chunk the batch completes.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+from cdc.types import Namespace
+
+
+class Origin(enum.StrEnum):
+    """Who produced a change; decides ties between equal versions."""
+
+    STREAM = "stream"
+    """A change event: applied when its version is >= the stored one (stream order wins)."""
+    BACKFILL = "backfill"
+    """A copied document: applied only when its version is > the stored one."""
+
+
+class Op(enum.StrEnum):
+    UPSERT = "upsert"
+    """``doc`` holds the document's full state at ``version``."""
+    DELETE = "delete"
+    """The document no longer exists at ``version``; a tombstone keeps that fact."""
+
+
+class Change(msgspec.Struct, frozen=True):
+    """One document's state at one version."""
+
+    namespace: Namespace
+    id_bson: bytes
+    """The BSON document ``{"_id": <value>}`` with the original BSON type of the id."""
+    version: int
+    """Packed cluster time (``t << 32 | i``) of this state."""
+    op: Op
+    doc: bytes | None = None
+    """Raw BSON of the whole document for upserts; ``None`` for deletes."""
+    origin: Origin = Origin.STREAM
+
+
+class Checkpoint(msgspec.Struct, frozen=True):
+    """A resumable stream position."""
+
+    stream: str
+    """Name of the stream (one row per stream in the control schema)."""
+    resume_token: bytes | None
+    """Raw BSON of the resume token (``{"_data": ...}``); ``None`` before the first event."""
+    cluster_time: int
+    """Packed cluster time up to which every change has been applied."""
+
+
+class Batch(msgspec.Struct):
+    """Changes applied atomically, in one PostgreSQL transaction."""
+
+    changes: list[Change]
+    checkpoint: Checkpoint | None = None
+    chunk_id: int | None = None
+    """Backfill chunk marked done in the same transaction, if this batch completes one."""

@@ -1,0 +1,124 @@
+"""The one error hierarchy of mongo2pg, split by what the caller should do.
+
+::
+
+    Mongo2pgError
+    ├── TransientError          retry with backoff, resume from the last checkpoint
+    │   ├── SourceUnavailable   MongoDB unreachable, stepping down, cursor lost
+    │   └── TargetUnavailable   PostgreSQL connection lost, serialization failure
+    ├── DataError               one document is bad: dead-letter it, keep going
+    │   └── MappingError        a value cannot be converted under the configured rule
+    ├── ConfigError             operator mistake: clear one-line message, exit code 2
+    ├── HistoryLostError        the change stream cannot resume: resync, never skip
+    ├── ControlError            a control command was refused; nothing changed
+    └── InvariantError          a bug: an invariant of DESIGN.md §3 does not hold
+
+Retriability is decided in exactly one place, :func:`is_retriable`. Wrap errors with
+context at each hop (``raise CheckpointError(...) from exc``); tests assert on types,
+never on message text.
+"""
+
+from __future__ import annotations
+
+
+class Mongo2pgError(Exception):
+    """Raised for every failure mongo2pg itself recognises; the root of the tree."""
+
+
+class TransientError(Mongo2pgError):
+    """Raised when an operation failed for a reason that may pass; retrying is safe."""
+
+
+class SourceUnavailable(TransientError):
+    """Raised when MongoDB cannot serve a request right now (network, stepdown, cursor)."""
+
+
+class TargetUnavailable(TransientError):
+    """Raised when PostgreSQL cannot serve a request right now (connection, serialization)."""
+
+
+class DataError(Mongo2pgError):
+    """Raised when one document cannot be processed; it belongs in the dead-letter table."""
+
+
+class MappingError(DataError):
+    """Raised when a value cannot be converted to a row under the configured mapping rule."""
+
+
+class ConfigError(Mongo2pgError):
+    """Raised when the configuration is unusable; the message names the key and the file."""
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.source = source
+
+    def one_line(self) -> str:
+        """The message shown to the operator: file, key and reason on one line."""
+        where = []
+        if self.source:
+            where.append(self.source)
+        if self.key:
+            where.append(f"key '{self.key}'")
+        prefix = ": ".join(where)
+        text = " ".join(str(self).split())
+        return f"config error: {prefix}: {text}" if prefix else f"config error: {text}"
+
+
+class HistoryLostError(Mongo2pgError):
+    """Raised when a change stream cannot resume (code 286, 280, 260 or an unknown token)."""
+
+
+class ControlError(Mongo2pgError):
+    """Raised when a control command is refused; ``code`` names the unmet precondition."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class InvariantError(Mongo2pgError):
+    """Raised when an internal invariant is broken: a bug, never retried."""
+
+
+# Error codes MongoDB documents as resumable for change streams (network and stepdown
+# family, CursorNotFound); from 4.4 on the ResumableChangeStreamError label says the same.
+RESUMABLE_MONGO_CODES = frozenset(
+    {6, 7, 43, 63, 89, 91, 133, 150, 189, 234, 262, 9001, 10107, 11600, 11602, 13388,
+     13435, 13436}
+)
+# Codes after which a change stream must not be resumed from the same token.
+HISTORY_LOST_CODES = frozenset({260, 280, 286})
+# PostgreSQL SQLSTATE classes/codes that are worth a retry.
+_RETRIABLE_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03", "55P03"})
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Whether ``exc`` is worth retrying. The single place that decides it."""
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, Mongo2pgError):
+        return False
+    # pymongo errors: decided by label, code, or connection-level type.
+    try:
+        from pymongo import errors as perr
+    except ImportError:  # pragma: no cover - pymongo is a hard dependency
+        perr = None  # type: ignore[assignment]
+    if perr is not None:
+        if isinstance(exc, perr.OperationFailure):
+            code = exc.code or 0
+            if code in HISTORY_LOST_CODES:
+                return False
+            if exc.has_error_label("ResumableChangeStreamError"):
+                return True
+            if exc.has_error_label("RetryableWriteError"):
+                return True
+            return code in RESUMABLE_MONGO_CODES
+        if isinstance(exc, perr.ConnectionFailure | perr.ServerSelectionTimeoutError):
+            return True
+        if isinstance(exc, perr.CursorNotFound):
+            return True
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate in _RETRIABLE_SQLSTATES or sqlstate.startswith("08")
+    return isinstance(exc, ConnectionError | TimeoutError | OSError)

@@ -1,0 +1,50 @@
+"""The shapes the mapping hands to the sink (the contract between the two).
+
+A :class:`TableShape` describes one target table the mapping produces; a
+:class:`MappedDocument` holds, for one document, the rows of every table of its
+namespace. The sink adds its own bookkeeping (the ``_m2p_version`` column, tombstones)
+and never interprets row values: it COPYs them in column order.
+
+Row values are Python objects asyncpg encodes in binary COPY for the column's type:
+``bytes`` for ``bytea``, ``str`` for ``text`` and for ``jsonb`` (JSON text), ``int``
+for ``bigint``, ``float`` for ``double precision``, ``decimal.Decimal`` for ``numeric``,
+``datetime`` for ``timestamptz``, ``bool``, ``uuid.UUID`` — or ``None``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Column(msgspec.Struct, frozen=True):
+    name: str
+    """Final PostgreSQL identifier (already shortened to 63 bytes if needed)."""
+    pg_type: str
+    """PostgreSQL type name as written in DDL: ``bytea``, ``text``, ``jsonb``, ``bigint``…"""
+    source_path: str | None = None
+    """Dotted MongoDB path the column holds; ``None`` for key/ordinal/rest columns."""
+
+
+class TableShape(msgspec.Struct, frozen=True):
+    schema: str
+    name: str
+    columns: tuple[Column, ...]
+    """Every data column in row order; the key columns come first."""
+    key_columns: tuple[str, ...]
+    """Primary key. Root tables: the ``_id`` key; child tables: parent key + ordinal."""
+    parent: str | None = None
+    """For a child table, the name of its root table (rows follow the parent document)."""
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+class MappedDocument(msgspec.Struct, frozen=True):
+    key: bytes
+    """The order-preserving encoding of ``_id``: the root table's primary key."""
+    rows: dict[str, list[tuple[Any, ...]]]
+    """Rows per table (keyed by :attr:`TableShape.name`), values in column order.
+    The root table has exactly one row; a child table may have none."""

@@ -1,0 +1,110 @@
+"""The ``mongo2pg`` command line.
+
+Subcommands register themselves in :data:`COMMANDS`; each gets the parsed arguments and
+returns an exit code. A :class:`~cdc.errors.ConfigError` anywhere becomes one line on
+stderr and exit code 2 (no traceback); a :class:`~cdc.errors.ControlError` exit code 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from cdc.errors import ConfigError, ControlError
+from ops.config import Config, load_config, override, render_redacted, require
+from ops.logs import setup_logging
+from ops.redact import redact, register_secret
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
+
+
+def command(name: str, help_text: str, configure: Callable[[argparse.ArgumentParser], None]
+            ) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        COMMANDS[name] = (help_text, configure, fn)
+        return fn
+
+    return register
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="TOML configuration file")
+    p.add_argument("--source", dest="source_uri", help="MongoDB URI (overrides the file)")
+    p.add_argument("--target", dest="target_dsn", help="PostgreSQL DSN (overrides the file)")
+    p.add_argument("--include", action="append", default=[], metavar="NS",
+                   help="namespace to migrate, 'db.coll' or 'db.*' (repeatable)")
+
+
+def effective_config(args: argparse.Namespace) -> Config:
+    """File, then environment, then flags; secrets registered for redaction."""
+    config = load_config(args.config)
+    config = override(config, source_uri=args.source_uri, target_dsn=args.target_dsn,
+                      include=args.include)
+    register_secret(config.source.uri)
+    register_secret(config.target.dsn)
+    return config
+
+
+@command("config", "check a configuration and print it with secrets masked", _config_args)
+def _config_cmd(args: argparse.Namespace) -> int:
+    config = effective_config(args)
+    print(render_redacted(config))
+    return 0
+
+
+@command("run", "run the migration daemon (CDC + backfill + verify + control)", _config_args)
+def _run_cmd(args: argparse.Namespace) -> int:
+    config = effective_config(args)
+    require(config)
+    setup_logging(args.log_format or config.log.format, config.log.level)
+    from ops.daemon import run_daemon
+
+    return run_daemon(config)
+
+
+def _sandbox_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=27017)
+    p.add_argument("--oplog-max-entries", type=int, default=None)
+
+
+@command("sandbox", "serve the MongoDB-compatible sandbox replica set", _sandbox_args)
+def _sandbox_cmd(args: argparse.Namespace) -> int:
+    from ops.sandbox.cli import serve_forever
+
+    return serve_forever(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mongo2pg",
+        description="Live, zero-downtime migration from MongoDB to PostgreSQL.")
+    parser.add_argument("--log-format", choices=["text", "json"], default=None,
+                        help="log as readable text (default on a terminal) or JSON lines")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, configure, _fn) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        configure(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_format or "text")
+    try:
+        return COMMANDS[args.command][2](args)
+    except ConfigError as exc:
+        print(redact(exc.one_line()), file=sys.stderr)
+        return 2
+    except ControlError as exc:
+        print(redact(f"refused ({exc.code}): {exc}"), file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import pytest
+from pymongo.errors import AutoReconnect, OperationFailure
+
+from cdc.errors import (
+    ConfigError,
+    HistoryLostError,
+    MappingError,
+    SourceUnavailable,
+    TargetUnavailable,
+    is_retriable,
+)
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (SourceUnavailable("x"), True),
+        (TargetUnavailable("x"), True),
+        (MappingError("x"), False),
+        (ConfigError("x"), False),
+        (HistoryLostError("x"), False),
+        (AutoReconnect("x"), True),
+        (OperationFailure("x", code=43), True),
+        (OperationFailure("x", code=11602), True),
+        (OperationFailure("x", code=286), False),
+        (OperationFailure("x", code=280,
+                          details={"errorLabels": ["ResumableChangeStreamError"]}), False),
+        (OperationFailure("x", code=2), False),
+        (OperationFailure("x", code=2, details={"errorLabels": ["ResumableChangeStreamError"]}),
+         True),
+        (ValueError("x"), False),
+    ],
+)
+def test_retriability_is_decided_by_type_code_and_label(exc: BaseException, expected: bool
+                                                        ) -> None:
+    assert is_retriable(exc) is expected
