@@ -13,7 +13,7 @@ for ``bigint``, ``float`` for ``double precision``, ``decimal.Decimal`` for ``nu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -48,3 +48,19 @@ class MappedDocument(msgspec.Struct, frozen=True):
     rows: dict[str, list[tuple[Any, ...]]]
     """Rows per table (keyed by :attr:`TableShape.name`), values in column order.
     The root table has exactly one row; a child table may have none."""
+
+
+class Mapper(Protocol):
+    """The mapping of one namespace (what the sink, CDC, backfill and verify call)."""
+
+    def tables(self) -> tuple[TableShape, ...]:
+        """The root table first, then child tables."""
+        ...
+
+    def map_key(self, id_bson: bytes) -> bytes:
+        """Key of the root table for the BSON document ``{"_id": value}``."""
+        ...
+
+    def map_document(self, raw: bytes) -> MappedDocument:
+        """Rows of one raw BSON document; raises :class:`cdc.errors.MappingError`."""
+        ...
