@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import msgspec
@@ -71,3 +72,24 @@ class ResumeToken(msgspec.Struct, frozen=True):
         import bson
 
         return dict(bson.decode(self.raw))
+
+
+class Phase(enum.StrEnum):
+    """Where a migration stands; persisted in the control schema (DESIGN §4)."""
+
+    INIT = "init"
+    """Nothing copied yet; the stream has not been opened."""
+    BACKFILLING = "backfilling"
+    """The stream runs and existing documents are being copied."""
+    CATCHING_UP = "catching_up"
+    """Backfill done; the stream is working off its lag."""
+    IN_SYNC = "in_sync"
+    """Backfill done, lag under the threshold, last verification clean."""
+    RESYNC_REQUIRED = "resync_required"
+    """The stream lost its history (code 286): what may be missed must be copied again."""
+    CUT_OVER = "cut_over"
+    """PostgreSQL is primary; changes flow back to MongoDB until finalized."""
+    ROLLED_BACK = "rolled_back"
+    """MongoDB is primary again after a cutover."""
+    FINALIZED = "finalized"
+    """Reverse replication stopped; the migrator's bookkeeping dropped."""
