@@ -78,9 +78,10 @@ class _Known:
 class Sink:
     """Writes batches to PostgreSQL; see the module docstring for the mechanism."""
 
-    def __init__(self, pool: asyncpg.Pool, control: psycopg.AsyncConnection[Any],
+    def __init__(self, pool: asyncpg.Pool, control: psycopg.AsyncConnection[Any], dsn: str,
                  control_schema: str, mapper_for: MapperFor) -> None:
         self._pool = pool
+        self._dsn = dsn
         self._control = control
         self._schema = control_schema
         self._mapper_for = mapper_for
@@ -118,7 +119,7 @@ class Sink:
             if isinstance(exc, Exception) and is_retriable(exc):
                 raise TargetUnavailable("opening the sink") from exc
             raise
-        return cls(pool, control, control_schema, mapper_for)
+        return cls(pool, control, dsn, control_schema, mapper_for)
 
     async def close(self) -> None:
         try:
@@ -143,6 +144,9 @@ class Sink:
         if known is not None and known.shapes == shapes:
             return known
         try:
+            if self._control.closed or self._control.broken:
+                self._control = await psycopg.AsyncConnection.connect(self._dsn,
+                                                                      autocommit=True)
             await ddl.ensure_tables(self._control, shapes)
         except psycopg.Error as exc:
             _raise_if_unavailable(exc, f"creating tables of {ns}")
@@ -249,5 +253,7 @@ def _describe(batch: Batch) -> str:
 def _raise_if_unavailable(exc: Exception, what: str) -> None:
     """Raise :class:`TargetUnavailable` for what may pass (connection loss, serialization
     failure, deadlock); return for anything else, which the caller re-raises as is."""
-    if is_retriable(exc):
+    if is_retriable(exc) or isinstance(
+        exc, psycopg.OperationalError | asyncpg.exceptions.ConnectionDoesNotExistError
+    ):
         raise TargetUnavailable(f"PostgreSQL unavailable while {what}") from exc
