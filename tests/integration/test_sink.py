@@ -203,3 +203,15 @@ async def test_backfill_delete_loses_tie_and_stream_delete_wins_it(
     assert set(rows(pg_dsn)) == {key_of(1)}
     assert tombstones(pg_dsn) == {key_of(2): 8}
     assert (result.of(NS, Op.DELETE).applied, result.of(NS, Op.DELETE).skipped) == (1, 1)
+
+
+async def test_ids_equal_in_mongodb_land_as_one_row(sink: Sink, pg_dsn: str) -> None:
+    # 1 (int32) and 1.0 (double) are one _id for MongoDB, hence one _key.
+    result = await sink.apply(Batch([upsert(1, 5, {"t": "int"}), upsert(1.0, 6, {"t": "dbl"}),
+                                     delete(2, 6), upsert(2.0, 7, {"t": "back"})]))
+    assert rows(pg_dsn) == {key_of(1): ({"_id": 1.0, "t": "dbl"}, 6),
+                            key_of(2): ({"_id": 2.0, "t": "back"}, 7)}
+    assert tombstones(pg_dsn) == {}
+    assert result.of(NS, Op.UPSERT).applied == 2
+    assert result.of(NS, Op.UPSERT).skipped == 1
+    assert result.of(NS, Op.DELETE).skipped == 1

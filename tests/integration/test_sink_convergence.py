@@ -10,6 +10,7 @@ equal to applying the same changes one at a time in their canonical order.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,8 +24,15 @@ from psycopg import sql
 
 from cdc.batch import Batch, Change, Op, Origin
 from cdc.sink import Sink
-from tests.integration.sink_support import CONTROL, NS, id_bson, key_of, mapper_for, rows, \
-    tombstones
+from tests.integration.sink_support import (
+    CONTROL,
+    NS,
+    id_bson,
+    key_of,
+    mapper_for,
+    rows,
+    tombstones,
+)
 
 N_KEYS = 4
 STREAM_START = 100
@@ -115,7 +123,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     cut_after = draw(st.lists(st.booleans(), min_size=len(delivered),
                               max_size=len(delivered)))
     bounds = [0, *(i + 1 for i, cut in enumerate(cut_after) if cut), len(delivered)]
-    batches = [delivered[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    batches = [delivered[a:b] for a, b in itertools.pairwise(bounds)]
     return Scenario(stream, delivered, batches, backfill)
 
 
