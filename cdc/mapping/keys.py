@@ -296,6 +296,8 @@ def id_bson_from_raw(raw: bytes) -> bytes:
 
     Keeps the exact original type (int32 vs int64, symbol, DBPointer…) without decoding.
     """
+    if raw[4:9] == b"\x07_id\x00":  # an ObjectId _id first, as MongoDB stores it
+        return b"\x16\x00\x00\x00" + raw[4:21] + b"\x00"
     try:
         pos = 4
         end = len(raw) - 1

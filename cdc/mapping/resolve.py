@@ -80,7 +80,10 @@ def resolve(config: MappingConfig, namespace: Namespace | str) -> Mapper:
             raise ConfigError(f"{doc_column!r} is a reserved column name",
                               key=f"{where}.doc_column")
         return DocumentMapper(schema, table, doc_column=doc_column, canonical=canonical)
-    raise ConfigError("column mode is not available yet", key=f"{where}.mode")
+    from cdc.mapping.columns import ColumnMapper
+
+    return ColumnMapper.build(rule, schema, table, canonical=canonical, where=where,
+                              db=ns.db, coll=ns.coll)
 
 
 def _check_rule_shape(rule: MappingRule, where: str) -> None:
