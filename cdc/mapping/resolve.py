@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from cdc.errors import ConfigError
 from cdc.mapping.config import ColumnRule, MappingConfig, MappingRule
 from cdc.mapping.document import RESERVED, DocumentMapper
-from cdc.mapping.model import Mapper
+from cdc.mapping.model import ReversibleMapper
 from cdc.mapping.names import pg_identifier
 from cdc.types import Namespace
 
@@ -60,7 +60,7 @@ def _format(template: str, ns: Namespace, key: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def resolve(config: MappingConfig, namespace: Namespace | str) -> Mapper:
+def resolve(config: MappingConfig, namespace: Namespace | str) -> ReversibleMapper:
     """The Mapper of one namespace (cached: the same config and namespace, one object)."""
     ns = _as_namespace(namespace)
     index = rule_index(config, ns)
