@@ -130,3 +130,37 @@ def test_config_decodes_from_toml_shaped_data_and_rejects_unknown_keys() -> None
         msgspec.convert({"rules": [{"namespace": "a.b", "colums": []}]}, MappingConfig)
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"rules": [{"namespace": "a.b", "mode": "columns"}]}, MappingConfig)
+
+
+def test_config_file_mapping_section_is_decoded_and_validated() -> None:
+    import tomllib
+
+    from ops.config import decode_config
+
+    text = """
+include = ["shop.orders", "shop.users"]
+
+[mapping]
+json = "relaxed"
+
+[[mapping.rules]]
+namespace = "shop.orders"
+mode = "column"
+columns = [{ path = "status", type = "text" }, { path = "total", type = "numeric" }]
+
+[[mapping.rules.children]]
+path = "items"
+table = "order_items"
+columns = [{ path = "sku", type = "text" }, { path = "qty", type = "integer" }]
+"""
+    config = decode_config(tomllib.loads(text), source="m.toml")
+    assert [t.name for t in resolve(config.mapping, "shop.orders").tables()] == [
+        "orders", "order_items"]
+    clash = text.replace('table = "order_items"', 'table = "users"')
+    with pytest.raises(ConfigError) as info:
+        decode_config(tomllib.loads(clash), source="m.toml")
+    assert info.value.source == "m.toml" and info.value.key == "include"
+    with pytest.raises(ConfigError) as info:
+        decode_config(tomllib.loads(text.replace("path = \"sku\"", "pth = \"sku\"")),
+                      source="m.toml")
+    assert info.value.key is not None and info.value.key.startswith("mapping.rules")
