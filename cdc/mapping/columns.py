@@ -27,7 +27,7 @@ from cdc.errors import ConfigError, MappingError
 from cdc.mapping.config import ColumnRule, MappingRule
 from cdc.mapping.convert import Backward, Forward, converters, pg_type
 from cdc.mapping.document import KEY, KEY_COLUMNS, RESERVED, decode_id, key_parts
-from cdc.mapping.ejson import canonical_json, decode, from_ejson, relaxed_json
+from cdc.mapping.ejson import canonical_json, decode, from_ejson, needs_walker, relaxed_json_part
 from cdc.mapping.model import Column, MappedDocument, TableShape
 from cdc.mapping.names import check_unique, pg_identifier
 
@@ -163,22 +163,23 @@ class ColumnMapper:
 
         return encode_key_value(decode_id(id_bson))
 
-    def _json(self, value: Any, raw: bytes) -> str:
-        data = canonical_json(value) if self._canonical else relaxed_json(value, raw)
+    def _json(self, value: Any, walker: bool) -> str:
+        data = canonical_json(value) if self._canonical else relaxed_json_part(value, walker)
         return data.decode()
 
     def map_document(self, raw: bytes) -> MappedDocument:
         doc = decode(raw)
         key, id_text, id_bson = key_parts(doc, raw)
         del doc["_id"]
+        walker = not self._canonical and needs_walker(raw)
         rows: dict[str, list[tuple[Any, ...]]] = {}
         for child in self._children:
-            rows[child.shape.name] = self._child_rows(child, doc, key, raw)
+            rows[child.shape.name] = self._child_rows(child, doc, key, walker)
         values = [lift.take(doc) for lift in self._lifts]
-        rows[self._root.name] = [(key, id_text, id_bson, *values, self._json(doc, raw))]
+        rows[self._root.name] = [(key, id_text, id_bson, *values, self._json(doc, walker))]
         return MappedDocument(key, rows)
 
-    def _child_rows(self, child: _Child, doc: dict[str, Any], key: bytes, raw: bytes
+    def _child_rows(self, child: _Child, doc: dict[str, Any], key: bytes, walker: bool
                     ) -> list[tuple[Any, ...]]:
         parent: Any = doc
         for part in child.parents:
@@ -197,7 +198,7 @@ class ColumnMapper:
                     raise MappingError(f"{child.path}.{ordinal}.{exc}") from exc
             else:
                 values = [None] * len(child.lifts)
-            out.append((key, ordinal, *values, self._json(element, raw)))
+            out.append((key, ordinal, *values, self._json(element, walker)))
         del parent[child.leaf]
         return out
 

@@ -132,7 +132,7 @@ _ENCODER = msgspec.json.Encoder(enc_hook=_enc_hook)
 _NEG_ZERO = b"\x00\x00\x00\x00\x00\x00\x00\x80"
 
 
-def _needs_walker(raw: bytes) -> bool:
+def needs_walker(raw: bytes) -> bool:
     """Whether ``raw`` may hold what the fast path cannot write: a field name starting
     with '$' (a type byte, then '$'), a NaN/±Infinity double (exponent bits all set:
     little-endian bytes 6-7 are [f0-ff] then 7f or ff) or -0.0. Built from memchr-speed
@@ -155,7 +155,13 @@ def _needs_walker(raw: bytes) -> bool:
 def relaxed_json(value: Any, raw: bytes) -> bytes:
     """Relaxed Extended JSON of ``value`` (decoded from ``raw`` with DECODE_OPTIONS, or a
     part of it: ``raw`` only serves to decide whether the fast path is safe)."""
-    if _needs_walker(raw):
+    return relaxed_json_part(value, needs_walker(raw))
+
+
+def relaxed_json_part(value: Any, walker: bool) -> bytes:
+    """Relaxed Extended JSON of ``value``; ``walker`` is :func:`needs_walker` of the raw
+    document ``value`` was decoded from (computed once per document)."""
+    if walker:
         return msgspec.json.encode(to_ejson(value, canonical=False))
     out = _ENCODER.encode(value)
     if b"\\u0000" in out:  # maybe a U+0000 in a string: let the walker decide
