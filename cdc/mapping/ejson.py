@@ -96,8 +96,7 @@ def regex_options(value: Regex[Any]) -> str:
 def date_relaxed(ms: int) -> Any:
     if 0 <= ms <= _ISO_MAX_MS:
         dt = _EPOCH + datetime.timedelta(milliseconds=ms)
-        frac = f".{dt.microsecond // 1000:03d}" if dt.microsecond else ""
-        return {"$date": dt.strftime("%Y-%m-%dT%H:%M:%S") + frac + "Z"}
+        return {"$date": dt.isoformat(timespec="milliseconds") + "Z"}
     return {"$date": {"$numberLong": str(ms)}}
 
 
@@ -130,20 +129,43 @@ def _enc_hook(value: Any) -> Any:
 
 
 _ENCODER = msgspec.json.Encoder(enc_hook=_enc_hook)
-# Raw-BSON patterns the fast path cannot handle: a field name starting with '$' (a type
-# byte then '$'), a NaN/±Infinity double (exponent bits all set: little-endian bytes
-# 6-7 are [f0-ff][7f|ff]), and -0.0 (seven zero bytes then 0x80). UTF-8 text never
-# contains the second; false alarms only cost time.
-_SLOW = re.compile(rb"[\x01-\x13\x7f\xff]\$|[\xf0-\xff][\x7f\xff]|\x00{7}\x80")
+_NEG_ZERO = b"\x00\x00\x00\x00\x00\x00\x00\x80"
 
 
-def relaxed_json(doc: dict[str, Any], raw: bytes) -> bytes:
-    """Relaxed Extended JSON of ``doc`` (decoded from ``raw`` with DECODE_OPTIONS)."""
-    if _SLOW.search(raw) is not None:
-        return msgspec.json.encode(to_ejson(doc, canonical=False))
-    out = _ENCODER.encode(doc)
+def needs_walker(raw: bytes) -> bool:
+    """Whether ``raw`` may hold what the fast path cannot write: a field name starting
+    with '$' (a type byte, then '$'), a NaN/±Infinity double (exponent bits all set:
+    little-endian bytes 6-7 are [f0-ff] then 7f or ff) or -0.0. Built from memchr-speed
+    ``find`` calls; a false alarm only costs time."""
+    pos = raw.find(b"$")
+    while pos > 0:
+        before = raw[pos - 1]
+        if 0x01 <= before <= 0x13 or before in (0x7F, 0xFF):
+            return True
+        pos = raw.find(b"$", pos + 1)
+    for high in (b"\x7f", b"\xff"):
+        pos = raw.find(high)
+        while pos > 0:
+            if raw[pos - 1] >= 0xF0:
+                return True
+            pos = raw.find(high, pos + 1)
+    return _NEG_ZERO in raw
+
+
+def relaxed_json(value: Any, raw: bytes) -> bytes:
+    """Relaxed Extended JSON of ``value`` (decoded from ``raw`` with DECODE_OPTIONS, or a
+    part of it: ``raw`` only serves to decide whether the fast path is safe)."""
+    return relaxed_json_part(value, needs_walker(raw))
+
+
+def relaxed_json_part(value: Any, walker: bool) -> bytes:
+    """Relaxed Extended JSON of ``value``; ``walker`` is :func:`needs_walker` of the raw
+    document ``value`` was decoded from (computed once per document)."""
+    if walker:
+        return msgspec.json.encode(to_ejson(value, canonical=False))
+    out = _ENCODER.encode(value)
     if b"\\u0000" in out:  # maybe a U+0000 in a string: let the walker decide
-        return msgspec.json.encode(to_ejson(doc, canonical=False))
+        return msgspec.json.encode(to_ejson(value, canonical=False))
     return out
 
 

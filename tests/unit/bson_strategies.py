@@ -64,7 +64,7 @@ text_no_nul = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="
                       max_size=8)
 field_names = text_no_nul | st.sampled_from(["", "a.b", "$x", "_id", "a"])
 object_ids = st.binary(min_size=12, max_size=12).map(ObjectId)
-binaries = st.builds(Binary, st.binary(max_size=6), st.sampled_from([0, 1, 2, 3, 4, 5, 128]))
+binaries = st.builds(Binary, st.binary(max_size=2), st.sampled_from([0, 1, 2, 3, 4, 5, 128]))
 uuids_bin = st.builds(Binary, st.binary(min_size=16, max_size=16), st.sampled_from([3, 4]))
 dates = st.integers(-(2**63), 2**63 - 1).map(DatetimeMS) | st.sampled_from(
     [DatetimeMS(0), DatetimeMS(-1), DatetimeMS(253_402_300_799_999),

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from cdc.errors import MappingError
 from cdc.mapping import MappingConfig, MappingRule, resolve
 from cdc.mapping.document import DocumentMapper, render_id
-from cdc.mapping.ejson import DECODE_OPTIONS, relaxed_json, to_ejson
+from cdc.mapping.ejson import DECODE_OPTIONS, needs_walker, relaxed_json, to_ejson
 from cdc.mapping.keys import encode_key_value
 from tests.unit.bson_strategies import documents
 
@@ -85,7 +85,9 @@ def test_canonical_document_round_trips_to_identical_bson(doc: dict[str, Any]) -
     except MappingError:
         return  # only for U+0000 and wrapper-shaped keys: checked below
     # Extended JSON has one NaN: the sign and payload bits of a NaN double are not kept.
-    expected = bson.encode(_one_nan(bson.decode(raw, DECODE_OPTIONS)))
+    # _id is exact to the bit (from _id_bson).
+    original = bson.decode(raw, DECODE_OPTIONS)
+    expected = bson.encode({**_one_nan(original), "_id": original["_id"]})
     assert bson.encode(mapper.to_document(mapped.rows)) == expected
 
 
@@ -215,3 +217,15 @@ def test_rule_sets_schema_table_and_json_column() -> None:
     doc = msgspec.json.decode(mapper.map_document(bson.encode({"_id": 1, "d": Decimal128("1.5")})
                                                   ).rows["m_orders"][0][3])
     assert doc == {"_id": {"$numberInt": "1"}, "d": {"$numberDecimal": "1.5"}}
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [({"_id": 1, "a": "plain", "p": "$5.00 costs $"}, False),
+     ({"_id": 1, "$x": 1}, True), ({"_id": 1, "a": {"$y": 1}}, True),
+     ({"_id": 1, "a": float("nan")}, True), ({"_id": 1, "a": [float("-inf")]}, True),
+     ({"_id": 1, "a": -0.0}, True)],
+)
+def test_fast_path_guard_spots_dollar_fields_and_non_finite_doubles(
+        doc: dict[str, Any], expected: bool) -> None:
+    assert needs_walker(bson.encode(doc)) is expected

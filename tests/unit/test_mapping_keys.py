@@ -74,6 +74,12 @@ def test_edge_numbers_sort_nan_first_then_negative_infinity() -> None:
     assert len(set(keys)) == len(keys)
 
 
+def test_binary_of_equal_length_sorts_by_subtype_before_bytes() -> None:
+    ordered = [Binary(b"z", 0), Binary(b"\x00", 4), Binary(b"\x00\x00", 0)]
+    assert [encode_key_value(v) for v in ordered] == sorted(encode_key_value(v) for v in ordered)
+    assert encode_key_value(Binary(b"a", 0)) == encode_key_value(b"a")
+
+
 def test_minkey_and_maxkey_bound_every_key() -> None:
     low, high = encode_key_value(MinKey()), encode_key_value(MaxKey())
     for value in [None, float("nan"), "zzz", ObjectId(), True, Timestamp(2**32 - 1, 1)]:
