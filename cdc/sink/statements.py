@@ -77,7 +77,7 @@ class ChildSql:
     stage: str
     statement: str
     columns: tuple[str, ...]
-    """Staging columns in COPY order."""
+    """Staging columns in COPY order (the target's, then the position)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +88,8 @@ class NamespaceSql:
     root: TableShape
     stage: str
     stage_columns: tuple[str, ...]
+    target_columns: tuple[str, ...]
+    """The root table's columns in COPY order (data columns, then the version)."""
     upsert: str
     delete: str
     children: tuple[ChildSql, ...]
@@ -95,6 +97,8 @@ class NamespaceSql:
     """Creates the staging tables of this namespace (idempotent, one script)."""
     drop_staged: str
     """Removes displaced changes (``$1``: their positions) from this namespace's staging."""
+    count_tombstones: str
+    """How many of the keys ``$2`` have a tombstone (direct path: none may)."""
 
 
 def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> NamespaceSql:
@@ -205,6 +209,10 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
     return NamespaceSql(
         index=index, root=root, stage=stage,
         stage_columns=(*data_cols, VERSION_COLUMN, STREAM_COLUMN, SEQ_COLUMN),
+        target_columns=(*data_cols, VERSION_COLUMN),
         upsert=_q(upsert), delete=_q(delete), children=tuple(child_sql), stage_ddl=ddl,
         drop_staged=_q(drop_staged),
+        count_tombstones=_q(sql.SQL(
+            "SELECT count(*) FROM {} WHERE table_name = $1 AND key = ANY($2::bytea[])"
+        ).format(ctl)),
     )
