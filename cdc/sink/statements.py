@@ -7,22 +7,25 @@ constraints) that COPY fills, and runs per batch:
 * **delete** — one statement: pick the staged deletes that beat the stored state (the
   row's version, or the tombstone's when the row is absent: newer, or equal and from the
   stream), delete those rows from ``R`` and every ``C``, and upsert their tombstones.
-* **upsert** — one statement: drop staged rows a tombstone beats, then
+* **upsert** — one statement: skip staged rows their tombstone beats, then
   ``INSERT … ON CONFLICT (k) DO UPDATE … WHERE`` the stored version is older (``<`` for
   backfill rows, ``<=`` for stream rows: two inserts in one statement, one per origin —
   their key sets are disjoint after coalescing). The ``WHERE`` of ``ON CONFLICT`` is
   evaluated against the latest committed row version after waiting for its lock, so two
   writers racing on one key end with the newer one. The same statement removes the
-  tombstones of the keys it wrote and records them in ``_m2p_applied``.
+  tombstones of the keys it wrote (a key has a row or a tombstone, never both: the
+  tombstone exists exactly while the document's last state is "deleted") and records
+  the keys in ``_m2p_applied`` for the child statements.
 * **children** — per child table, one statement: for the parents recorded in
   ``_m2p_applied``, upsert the staged child rows and delete the rows the new document no
   longer has (a shrunk array). It is a separate statement so that its snapshot, taken
   after the parent upsert waited for a concurrent writer, sees that writer's children.
 
 Rows are inserted in key order so concurrent writers lock keys in the same order.
-Lookups of stored rows and tombstones are scalar subqueries or ``= ANY(ARRAY(…))``:
-index probes per staged key, so the cost follows the batch, not the size of the table
-or of the tombstone set, whatever the planner guesses about unanalysed staging tables.
+Lookups of stored rows and tombstones are scalar subqueries or joins with
+``unnest(ARRAY(…))`` (which the planner estimates at a handful of rows): index probes
+per staged key, so the cost follows the batch, not the size of the table or of the
+tombstone set, whatever the planner guesses about unanalysed staging tables.
 """
 
 from __future__ import annotations
@@ -140,8 +143,8 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
     upsert = sql.SQL(
         "WITH up_s AS ({ins_s}), up_b AS ({ins_b}),"
         " up AS (SELECT {k} AS k FROM up_s UNION ALL SELECT {k} FROM up_b),"
-        " tomb AS (DELETE FROM {ctl} tb WHERE tb.table_name = $1"
-        " AND tb.key = ANY(ARRAY(SELECT k FROM up)))"
+        " tomb AS (DELETE FROM {ctl} tb USING unnest(ARRAY(SELECT k FROM up)) AS u(k)"
+        " WHERE tb.table_name = $1 AND tb.key = u.k)"
         "{record_applied}"
         " SELECT count(*) FROM up"
     ).format(ctl=ctl, k=k, ins_s=insert("", "<="), ins_b=insert("NOT ", "<"),
@@ -168,7 +171,8 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
             " ins AS (INSERT INTO {ctarget} AS d ({cols}) SELECT {cols} FROM pg_temp.{cstage}"
             " WHERE {parent} IN (SELECT k FROM parents) ORDER BY {pk}"
             " ON CONFLICT ({pk}) DO UPDATE SET {csets}),"
-            " del AS (DELETE FROM {ctarget} d WHERE d.{parent} = ANY(ARRAY(SELECT k FROM parents))"
+            " del AS (DELETE FROM {ctarget} d USING unnest(ARRAY(SELECT k FROM parents)) AS u(k)"
+            " WHERE d.{parent} = u.k"
             " AND NOT EXISTS (SELECT 1 FROM pg_temp.{cstage} s WHERE {match}))"
             " SELECT 1"
         ).format(applied=sql.Identifier(APPLIED_STAGE), idx=sql.Literal(index),
@@ -178,7 +182,8 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
         child_sql.append(ChildSql(child, cstage, _q(statement),
                                   (*ccols, VERSION_COLUMN, SEQ_COLUMN)))
         child_deletes.append(sql.SQL(
-            ", gone_{n} AS (DELETE FROM {ctarget} c WHERE c.{parent} = ANY(ARRAY(SELECT k FROM d)))"
+            ", gone_{n} AS (DELETE FROM {ctarget} c USING unnest(ARRAY(SELECT k FROM d))"
+            " AS u(k) WHERE c.{parent} = u.k)"
         ).format(n=sql.SQL(str(n)), ctarget=ctarget, parent=parent_col))
 
     delete = sql.SQL(
@@ -187,7 +192,8 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
         " (SELECT tb.version FROM {ctl} tb WHERE tb.table_name = $1 AND tb.key = x.k))"
         " AS stored FROM pg_temp.{dels} x WHERE x.t = {idx}),"
         " d AS (SELECT k, v FROM c WHERE stored IS NULL OR v > stored OR (v = stored AND s)),"
-        " gone AS (DELETE FROM {target} r WHERE r.{k} = ANY(ARRAY(SELECT k FROM d)))"
+        " gone AS (DELETE FROM {target} r USING unnest(ARRAY(SELECT k FROM d)) AS u(k)"
+        " WHERE r.{k} = u.k)"
         "{child_deletes},"
         " tomb AS (INSERT INTO {ctl} (table_name, key, version) SELECT $1, k, v FROM d"
         " ON CONFLICT (table_name, key) DO UPDATE SET version = EXCLUDED.version)"
@@ -213,6 +219,7 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
         upsert=_q(upsert), delete=_q(delete), children=tuple(child_sql), stage_ddl=ddl,
         drop_staged=_q(drop_staged),
         count_tombstones=_q(sql.SQL(
-            "SELECT count(*) FROM {} WHERE table_name = $1 AND key = ANY($2::bytea[])"
+            "SELECT count(*) FROM unnest($2::bytea[]) AS u(k) WHERE (SELECT true FROM {} tb"
+            " WHERE tb.table_name = $1 AND tb.key = u.k)"
         ).format(ctl)),
     )
