@@ -309,9 +309,9 @@ class Sink:
                     counts = result.of(p.namespace, Op.UPSERT)
                     counts.applied += n
                     counts.skipped += p.staged_upserts - n
-                    if n:
-                        for child in nsql.children:
-                            await conn.execute(child.statement)
+                    if n and nsql.children:
+                        await conn.execute(nsql.drop_children)
+                        await conn.execute(nsql.insert_children)
             if dead:
                 await conn.copy_records_to_table(
                     "dead_letters", schema_name=self._schema,
