@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio
 import asyncpg
 import psycopg
 from psycopg import sql
@@ -107,6 +108,7 @@ class Sink:
         self._mapper_for = mapper_for
         self._known: dict[Namespace, _Known] = {}
         self._next_index = 0
+        self._ddl_lock = anyio.Lock()  # one control connection: one DDL at a time
         ctl = sql.Identifier(control_schema)
         self._sql_checkpoint = sql.SQL(
             "INSERT INTO {}.checkpoints AS c (stream, resume_token, cluster_time, updated_at)"
@@ -159,6 +161,13 @@ class Sink:
         return Checkpoint(row["stream"], row["resume_token"], row["cluster_time"])
 
     async def _ensure(self, ns: Namespace) -> _Known:
+        known = self._known.get(ns)
+        if known is not None and known.shapes == known.mapper.tables():
+            return known
+        async with self._ddl_lock:
+            return await self._ensure_locked(ns)
+
+    async def _ensure_locked(self, ns: Namespace) -> _Known:
         known = self._known.get(ns)
         mapper = known.mapper if known is not None else self._mapper_for(ns)
         shapes = mapper.tables()
