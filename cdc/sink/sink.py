@@ -197,6 +197,8 @@ class Sink:
         for ns in sorted({c.namespace for c in batch.changes}):
             await self._ensure(ns)
         plan = plan_batch(batch, self._mapper_of)
+        if not batch.changes and batch.checkpoint is None and batch.chunk_id is None:
+            return plan.result
         what = _describe(batch)
         try:
             async with self._pool.acquire() as conn:
