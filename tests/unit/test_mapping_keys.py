@@ -30,13 +30,13 @@ def _bytes_cmp(a: bytes, b: bytes) -> int:
     return (a > b) - (a < b)
 
 
-@settings(PROPERTY, max_examples=600)
+@settings(PROPERTY, max_examples=300)
 @given(numbers, numbers)
 def test_number_keys_sort_by_value_across_int32_int64_double_decimal(a: Any, b: Any) -> None:
     assert _bytes_cmp(encode_key_value(a), encode_key_value(b)) == compare(a, b)
 
 
-@settings(PROPERTY, max_examples=600)
+@settings(PROPERTY, max_examples=300)
 @given(id_values, id_values)
 def test_key_order_equals_mongodb_id_order(a: Any, b: Any) -> None:
     assert _bytes_cmp(encode_key_value(a), encode_key_value(b)) == compare(a, b)
