@@ -130,7 +130,9 @@ def _enc_hook(value: Any) -> Any:
 
 
 _ENCODER = msgspec.json.Encoder(enc_hook=_enc_hook)
-_BIG_DOUBLE = re.compile(rb"[0-9]e[1-3]")
+_EXPONENT = re.compile(rb"e[1-9]")  # one pass; sre finds the literal 'e' fast
+_NUMBER_CHARS = b"0123456789.-"
+_VALUE_OPENERS = b":,["
 _NEG_ZERO = b"\x00\x00\x00\x00\x00\x00\x00\x80"
 
 
@@ -169,10 +171,25 @@ def relaxed_json_part(value: Any, walker: bool) -> bytes:
     # Let the walker decide on a possible U+0000 in a string, and on a possible double of
     # magnitude >= 1e16, which msgspec writes in exponent form ("1e16"): jsonb would turn
     # it into the integer 10000000000000000, read back as int64.
-    if b"\\u0000" in out or ((b"e1" in out or b"e2" in out or b"e3" in out)
-                              and _BIG_DOUBLE.search(out) is not None):
+    if b"\\u0000" in out or _has_positive_exponent(out):
         return msgspec.json.encode(to_ejson(value, canonical=False))
     return out
+
+
+def _has_positive_exponent(out: bytes) -> bool:
+    """Whether msgspec's JSON holds a number like ``1e16``: 'e' and 1-9 after a token of
+    digits that starts a value (after ':', ',', '[' or at the start). Hex text such as
+    an ObjectId's ``"…5e1…"`` is no such token."""
+    match = _EXPONENT.search(out)
+    while match is not None:
+        end = match.start() - 1
+        start = end
+        while start >= 0 and out[start] in _NUMBER_CHARS:
+            start -= 1
+        if start < end and (start < 0 or out[start] in _VALUE_OPENERS):
+            return True
+        match = _EXPONENT.search(out, match.start() + 1)
+    return False
 
 
 def canonical_json(doc: dict[str, Any]) -> bytes:
