@@ -233,12 +233,12 @@ class Sink:
             return False
         nsql = known.sql
         taken: list[tuple[Any, ...]] = []
-        source = p.root_records(dead, result)
+        source = p.root_records(dead, result, direct=True)
 
         def rows() -> Iterator[tuple[Any, ...]]:
             for record in source:
                 taken.append(record)
-                yield record[:-2]  # without the origin flag and position
+                yield record
 
         try:
             async with conn.transaction():  # a savepoint
@@ -250,8 +250,7 @@ class Sink:
                     if child_rows:
                         await conn.copy_records_to_table(
                             child.shape.name, schema_name=child.shape.schema,
-                            records=[r[:-1] for r in child_rows],
-                            columns=child.columns[:-1])
+                            records=child_rows, columns=child.columns)
                 if taken and await conn.fetchval(
                     nsql.count_tombstones, nsql.root.qualified, [r[0] for r in taken]
                 ):
@@ -260,7 +259,8 @@ class Sink:
             known.direct_pause = DIRECT_PAUSE
             taken.extend(source)  # map the rest, once
             await conn.copy_records_to_table(
-                nsql.stage, schema_name="pg_temp", records=taken, columns=nsql.stage_columns)
+                nsql.stage, schema_name="pg_temp", records=p.staging_records(taken),
+                columns=nsql.stage_columns)
             for child in nsql.children:
                 child_rows = p.children_without_losers(child.shape.name)
                 if child_rows:
