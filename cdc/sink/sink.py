@@ -3,9 +3,10 @@
 :class:`Sink` owns an asyncpg pool (the data plane) and one psycopg connection (the
 control plane: migrations and target DDL). ``apply`` runs one transaction per batch:
 
-1. plan (pure, :mod:`cdc.sink.plan`): coalesce, map, collect dead letters;
-2. make sure the namespace's tables exist (first sight of a namespace or a grown layout
+1. make sure the namespace's tables exist (first sight of a namespace or a grown layout
    runs :func:`cdc.sink.ddl.ensure_tables`, then the result is cached);
+2. plan (pure, :mod:`cdc.sink.plan`): coalesce, map deletes' keys; documents are mapped
+   later, while their rows stream into COPY (dead letters are collected on the way);
 3. take a transaction-scoped advisory lock per root table, sorted by lock key —
    *shared* when the batch only upserts the table, *exclusive* when it deletes from it.
    Upserts race safely through ``ON CONFLICT`` row locks; a delete's "no row and no newer
@@ -13,7 +14,13 @@ control plane: migrations and target DDL). ``apply`` runs one transaction per ba
    same table (otherwise a backfill row could land beside a fresh tombstone);
 4. COPY (binary) the net rows into the staging tables, run the delete, upsert and child
    statements of :mod:`cdc.sink.statements`, COPY dead letters, upsert the checkpoint
-   (never backwards) and mark the backfill chunk done — then commit.
+   (never backwards) and mark the backfill chunk done — then commit. A batch that only
+   copies (backfill) into keys the target has never seen skips staging: its rows are
+   COPYed straight into the target tables inside a savepoint (:meth:`Sink._direct`).
+
+Staging tables are temporary tables of the pooled sessions, created once per
+connection; pooled connections are released without a reset query because the sink
+leaves no other session state.
 
 Connection loss, serialization failures and deadlocks surface as
 :class:`~cdc.errors.TargetUnavailable`; the transaction is then rolled back as a whole,
@@ -251,10 +258,11 @@ class Sink:
                         await conn.copy_records_to_table(
                             child.shape.name, schema_name=child.shape.schema,
                             records=child_rows, columns=child.columns)
-                if taken and await conn.fetchval(
-                    nsql.count_tombstones, nsql.root.qualified, [r[0] for r in taken]
-                ):
-                    raise _Fallback
+                if taken:
+                    keys = [r[0] for r in taken]
+                    if await conn.fetchval(nsql.count_tombstones, nsql.root.qualified, keys,
+                                           min(keys), max(keys)):
+                        raise _Fallback
         except (_Fallback, asyncpg.exceptions.UniqueViolationError):
             known.direct_pause = DIRECT_PAUSE
             taken.extend(source)  # map the rest, once
