@@ -83,7 +83,7 @@ def test_event_over_16_mib_fails_without_split_stage(db: Db) -> None:
 
 def test_split_large_event_yields_fragments_with_their_own_tokens(db: Db) -> None:
     _big_update(db)
-    pipeline = [{"$changeStreamSplitLargeEvent": {}}]
+    pipeline: list[dict[str, Any]] = [{"$changeStreamSplitLargeEvent": {}}]
     options: dict[str, Any] = {"full_document": "required",
                                "full_document_before_change": "required"}
     with db.c.watch(pipeline, max_await_time_ms=100, **options) as stream:
