@@ -135,9 +135,10 @@ def test_ddl_events_are_hidden_without_expanded_events(db: Db) -> None:
 
 
 def test_pipeline_stages_filter_and_reshape_events(db: Db) -> None:
-    pipeline: list[dict[str, Any]] = [{"$match": {"operationType": "insert", "fullDocument.keep": True}},
-                {"$project": {"fullDocument": 1, "operationType": 1}},
-                {"$addFields": {"tag": "x"}}]
+    pipeline: list[dict[str, Any]] = [
+        {"$match": {"operationType": "insert", "fullDocument.keep": True}},
+        {"$project": {"fullDocument": 1, "operationType": 1}},
+        {"$addFields": {"tag": "x"}}]
     with db.c.watch(pipeline, max_await_time_ms=100) as stream:
         db.c.insert_many([{"_id": 1, "keep": False}, {"_id": 2, "keep": True}])
         db.c.delete_one({"_id": 2})
