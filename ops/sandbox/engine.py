@@ -21,6 +21,8 @@ from typing import Any
 import bson
 import mongomock
 from bson.decimal128 import Decimal128
+from bson.max_key import MaxKey
+from bson.min_key import MinKey
 from bson.regex import Regex
 from mongomock import collection as mm_collection
 from mongomock import filtering
@@ -70,9 +72,9 @@ def _plain(value: Any) -> bool:
 def id_range(spec: Doc | None) -> tuple[SortKey | None, bool, SortKey | None, bool] | None:
     """``(low, low inclusive, high, high inclusive)`` if ``spec`` only bounds ``_id``.
 
-    Bounds compare in BSON order across types (MongoDB brackets comparisons by type;
-    the backfill only uses bounds of the ``_id`` type it is scanning, so the plain BSON
-    order is what it expects), ``None`` meaning open.
+    Bounds are sort keys in BSON order, ``None`` meaning open. As on the server,
+    comparisons are type-bracketed: ``{$gte: 5}`` matches numbers only, while MinKey and
+    MaxKey bounds span every type (the backfill's open chunk ends).
     """
     if not spec:
         return (None, True, None, True)
@@ -91,6 +93,13 @@ def id_range(spec: Doc | None) -> tuple[SortKey | None, bool, SortKey | None, bo
         if not _plain(value):
             return None
         k = sort_key(value)
+        if not isinstance(value, MinKey | MaxKey):
+            # Type bracketing: $gt/$lt only match values of the bound's type class.
+            bracket_low, bracket_high = (k[0],), (k[0] + 0.5,)
+            if low is None or bracket_low > low:
+                low, low_inc = bracket_low, True
+            if high is None or bracket_high < high:
+                high, high_inc = bracket_high, False
         if op in ("$gt", "$gte", "$eq") and (low is None or k > low or (k == low and op == "$gt")):
             low, low_inc = k, op != "$gt"
         if op in ("$lt", "$lte", "$eq") and (high is None or k < high

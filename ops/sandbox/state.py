@@ -61,6 +61,8 @@ class Sandbox:
     cursors: dict[int, Cursor] = field(default_factory=dict)
     sessions: dict[bytes, Transaction] = field(default_factory=dict)
     write_blocked: bool = False
+    #: last retryable write per session: lsid id -> (txnNumber, reply)
+    retries: dict[bytes, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     process_id: ObjectId = field(default_factory=ObjectId)
     started: float = field(default_factory=time.time)
     oplog: Oplog = field(init=False)

@@ -177,3 +177,25 @@ def test_get_more_on_unknown_cursor_is_43(db: Db) -> None:
     with pytest.raises(OperationFailure) as info:
         db.command("getMore", 987654321, collection="c")
     assert info.value.code == 43
+
+
+def test_range_comparisons_are_type_bracketed(db: Db) -> None:
+    db.c.insert_many([{"_id": i} for i in (1, 5, 7.5, "a", "z", MinKey(), MaxKey())])
+    numbers = [d["_id"] for d in db.c.find({"_id": {"$gte": 5}}).sort("_id", 1)]
+    assert numbers == [5, 7.5]
+    strings = [d["_id"] for d in db.c.find({"_id": {"$lt": "q"}}).sort("_id", 1)]
+    assert strings == ["a"]
+    everything = list(db.c.find({"_id": {"$gt": MinKey(), "$lt": MaxKey()}}))
+    assert len(everything) == 5
+    # each bound only matches its own type class, so bounds of two types meet nowhere
+    assert list(db.c.find({"_id": {"$gte": 1, "$lt": "z"}})) == []
+
+
+def test_retried_retryable_write_is_applied_once(db: Db, mongo_client: Any) -> None:
+    db.create_collection("c")
+    with mongo_client.start_session() as session:
+        command = {"insert": "c", "documents": [{"_id": 1}], "txnNumber": Int64(7)}
+        first = db.command(command, session=session)
+        again = db.command(command, session=session)
+    assert first["n"] == again["n"] == 1 and "writeErrors" not in again
+    assert db.c.count_documents({}) == 1
