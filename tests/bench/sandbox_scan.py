@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.terminate()
         proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
     print(f"documents            {args.docs:>12,}  (~{avg} bytes each)")
     print(f"sandbox scan         {best:>12,.0f} docs/s  (find+getMore, batchSize 1000)")
     print(f"client-only ceiling  {ceiling:>12,.0f} docs/s  (decode the same bytes, no server)")
