@@ -245,40 +245,53 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def diff(before: Doc, after: Doc) -> Doc:
-    """``updateDescription`` of the change from ``before`` to ``after``."""
-    updated: Doc = {}
-    removed: list[str] = []
-    truncated: list[Doc] = []
-    _diff_doc(before, after, "", updated, removed, truncated)
-    return {"updatedFields": updated, "removedFields": removed, "truncatedArrays": truncated}
+    """``updateDescription`` of the change from ``before`` to ``after``.
+
+    ``disambiguatedPaths`` (shown to ``showExpandedEvents`` streams only) lists, for
+    each reported path that contains a dotted or all-digit field name, the path as an
+    array of field names (strings) and array indexes (ints), as MongoDB 6.1+ does.
+    """
+    out = _Diff()
+    out.doc(before, after, ())
+    return {"updatedFields": out.updated, "removedFields": out.removed,
+            "truncatedArrays": out.truncated, "disambiguatedPaths": out.ambiguous}
 
 
-def _diff_doc(before: Doc, after: Doc, prefix: str, updated: Doc, removed: list[str],
-              truncated: list[Doc]) -> None:
-    for key in before:
-        if key not in after:
-            removed.append(prefix + key)
-    for key, value in after.items():
-        path = prefix + key
-        if key not in before:
-            updated[path] = value
-        else:
-            _diff_value(before[key], value, path, updated, removed, truncated)
+class _Diff:
+    def __init__(self) -> None:
+        self.updated: Doc = {}
+        self.removed: list[str] = []
+        self.truncated: list[Doc] = []
+        self.ambiguous: Doc = {}
 
+    def _path(self, parts: tuple[str | int, ...]) -> str:
+        path = ".".join(str(p) for p in parts)
+        if any(isinstance(p, str) and (p.isdigit() or "." in p) for p in parts):
+            self.ambiguous[path] = list(parts)
+        return path
 
-def _diff_value(old: Any, new: Any, path: str, updated: Doc, removed: list[str],
-                truncated: list[Doc]) -> None:
-    if _same(old, new):
-        return
-    if isinstance(old, dict) and isinstance(new, dict):
-        _diff_doc(old, new, path + ".", updated, removed, truncated)
-    elif isinstance(old, list) and isinstance(new, list):
-        if len(new) < len(old):
-            truncated.append({"field": path, "newSize": len(new)})
-        for i, item in enumerate(new):
-            if i < len(old):
-                _diff_value(old[i], item, f"{path}.{i}", updated, removed, truncated)
+    def doc(self, before: Doc, after: Doc, parts: tuple[str | int, ...]) -> None:
+        for key in before:
+            if key not in after:
+                self.removed.append(self._path((*parts, key)))
+        for key, value in after.items():
+            if key not in before:
+                self.updated[self._path((*parts, key))] = value
             else:
-                updated[f"{path}.{i}"] = item
-    else:
-        updated[path] = new
+                self.value(before[key], value, (*parts, key))
+
+    def value(self, old: Any, new: Any, parts: tuple[str | int, ...]) -> None:
+        if _same(old, new):
+            return
+        if isinstance(old, dict) and isinstance(new, dict):
+            self.doc(old, new, parts)
+        elif isinstance(old, list) and isinstance(new, list):
+            if len(new) < len(old):
+                self.truncated.append({"field": self._path(parts), "newSize": len(new)})
+            for i, item in enumerate(new):
+                if i < len(old):
+                    self.value(old[i], item, (*parts, i))
+                else:
+                    self.updated[self._path((*parts, i))] = item
+        else:
+            self.updated[self._path(parts)] = new

@@ -154,3 +154,15 @@ def test_pipeline_that_changes_the_token_is_fatal(db: Db) -> None:
         with pytest.raises(OperationFailure) as info:
             take(stream, 1)
     assert info.value.code == 280
+
+
+def test_expanded_events_carry_collection_uuid_and_disambiguated_paths(db: Db) -> None:
+    db.c.insert_one({"_id": 1, "a": {"0": "x"}})
+    uuid = next(db.list_collections(filter={"name": "c"}))["info"]["uuid"]
+    with db.c.watch(max_await_time_ms=100, show_expanded_events=True) as stream:
+        db.c.update_one({"_id": 1}, {"$set": {"a.0": "y"}})
+        (update,) = take(stream, 1)
+    assert update["collectionUUID"] == uuid
+    desc = update["updateDescription"]
+    assert desc["updatedFields"] == {"a.0": "y"}
+    assert desc["disambiguatedPaths"] == {"a.0": ["a", "0"]}
