@@ -199,3 +199,12 @@ def test_retried_retryable_write_is_applied_once(db: Db, mongo_client: Any) -> N
         again = db.command(command, session=session)
     assert first["n"] == again["n"] == 1 and "writeErrors" not in again
     assert db.c.count_documents({}) == 1
+
+
+def test_aggregate_sort_and_bucket_auto_follow_bson_order_across_types(db: Db) -> None:
+    oid = ObjectId()
+    db.c.insert_many([{"_id": v} for v in ("s", 2, oid, 1.5, None)])
+    ordered = [d["_id"] for d in db.c.aggregate([{"$sort": {"_id": 1}}])]
+    assert ordered == [None, 1.5, 2, "s", oid]
+    buckets = list(db.c.aggregate([{"$bucketAuto": {"groupBy": "$_id", "buckets": 5}}]))
+    assert [b["_id"]["min"] for b in buckets] == [None, 1.5, 2, "s", oid]
