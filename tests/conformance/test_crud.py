@@ -208,3 +208,18 @@ def test_aggregate_sort_and_bucket_auto_follow_bson_order_across_types(db: Db) -
     assert ordered == [None, 1.5, 2, "s", oid]
     buckets = list(db.c.aggregate([{"$bucketAuto": {"groupBy": "$_id", "buckets": 5}}]))
     assert [b["_id"]["min"] for b in buckets] == [None, 1.5, 2, "s", oid]
+
+
+def test_arithmetic_operators_keep_mongodb_numeric_types(db: Db) -> None:
+    db.c.insert_one({"_id": 1, "i64": Int64(5), "i32": 2, "d": 1.5, "bits": 6, "big": 2**31 - 1,
+                     "items": [{"v": 1}, {"v": 2}]})
+    db.c.update_one({"_id": 1}, {"$inc": {"i64": 1, "i32": 1, "big": 1, "new": 4},
+                                 "$mul": {"d": 2}, "$bit": {"bits": {"and": 3}}})
+    db.c.update_one({"_id": 1}, {"$mul": {"i32": 10, "absent": 3}, "$set": {"items.$[].v": 0}})
+    doc = db.c.find_one({"_id": 1})
+    assert doc is not None
+    assert doc["i64"] == 6 and type(doc["i64"]) is Int64
+    assert doc["i32"] == 30 and type(doc["i32"]) is int
+    assert doc["big"] == 2**31 and type(doc["big"]) is Int64
+    assert (doc["d"], doc["bits"], doc["new"], doc["absent"]) == (3.0, 2, 4, 0)
+    assert doc["items"] == [{"v": 0}, {"v": 0}]
