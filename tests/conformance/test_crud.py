@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import time
 import uuid
 from typing import Any
 
@@ -19,6 +20,7 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.write_concern import WriteConcern
 
 Db = Database[dict[str, Any]]
 
@@ -223,3 +225,14 @@ def test_arithmetic_operators_keep_mongodb_numeric_types(db: Db) -> None:
     assert doc["big"] == 2**31 and type(doc["big"]) is Int64
     assert (doc["d"], doc["bits"], doc["new"], doc["absent"]) == (3.0, 2, 4, 0)
     assert doc["items"] == [{"v": 0}, {"v": 0}]
+
+
+def test_unacknowledged_writes_get_no_reply_but_are_applied(db: Db) -> None:
+    fire_and_forget = db.get_collection("c", write_concern=WriteConcern(w=0))
+    for i in range(20):
+        fire_and_forget.insert_one({"_id": i})
+    deadline = time.monotonic() + 10
+    while db.c.count_documents({}) < 20:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert db.command("ping")["ok"] == 1.0

@@ -134,6 +134,9 @@ def test_user_write_block_mode_refuses_writes_but_not_reads(mongo_client: Client
         assert info.value.code == 371
         with pytest.raises(OperationFailure):
             db.c.update_one({"_id": 1}, {"$set": {"x": 1}})
+        with pytest.raises(OperationFailure) as ddl:
+            db.create_collection("d")
+        assert ddl.value.code == 371
         assert db.c.find_one() == {"_id": 1}
     finally:
         _block(mongo_client, False)
