@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+from bson.timestamp import Timestamp
 from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
@@ -132,3 +133,10 @@ def test_open_stream_that_falls_off_the_oplog_fails_with_286(dedicated_sandbox: 
         assert info.value.code == 286
     finally:
         client.close()
+
+
+def test_start_before_the_deployment_existed_is_history_lost(db: Db) -> None:
+    with pytest.raises(OperationFailure) as info, db.c.watch(
+            start_at_operation_time=Timestamp(1_000_000, 1)) as stream:
+        stream.try_next()
+    assert info.value.code == 286
