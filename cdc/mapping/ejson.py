@@ -197,20 +197,6 @@ def canonical_json(doc: dict[str, Any]) -> bytes:
     return msgspec.json.encode(to_ejson(doc, canonical=True))
 
 
-# Key sets of Extended JSON type wrappers (v2 and legacy): a sub-document with exactly
-# these keys would be read back as the wrapped type.
-_WRAPPER_KEYSETS = frozenset(
-    frozenset(keys)
-    for keys in (
-        ("$oid",), ("$symbol",), ("$numberInt",), ("$numberLong",), ("$numberDouble",),
-        ("$numberDecimal",), ("$binary",), ("$binary", "$type"), ("$uuid",), ("$code",),
-        ("$code", "$scope"), ("$timestamp",), ("$regularExpression",),
-        ("$regex", "$options"), ("$dbPointer",), ("$date",), ("$minKey",), ("$maxKey",),
-        ("$undefined",),
-    )
-)
-
-
 def _ejson_dict(doc: Any, canonical: bool) -> dict[str, Any]:
     out = {}
     dollar = False
@@ -218,7 +204,8 @@ def _ejson_dict(doc: Any, canonical: bool) -> dict[str, Any]:
         if key[:1] == "$":
             dollar = True
         out[key] = to_ejson(item, canonical)
-    if dollar and (frozenset(out) in _WRAPPER_KEYSETS or _looks_like_dbref(doc)):
+    # Ambiguous exactly when from_ejson would read it as a type wrapper.
+    if dollar and (frozenset(out) in _PARSERS or _looks_like_dbref(doc)):
         raise MappingError("a sub-document has the keys of an Extended JSON type wrapper")
     return out
 
