@@ -111,6 +111,10 @@ class Accumulator:
         when = max(times) if times else ClusterTime(0, 0)
         self._position = Position(post_batch_token, when)
 
+    def close_group(self) -> None:
+        """Treat the open transaction group as complete (e.g. a DDL event follows it)."""
+        self._close_group()
+
     def _close_group(self) -> None:
         if self._open:
             self._settled.extend(self._open)
