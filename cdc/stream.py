@@ -479,10 +479,9 @@ def _unknown_stage(exc: OperationFailure) -> bool:
 
 
 def _state_of(sink: Any) -> StreamState:
-    """The control-schema store of ``sink`` (its DSN and schema)."""
-    dsn = getattr(sink, "dsn", None)
-    schema = getattr(sink, "control_schema", None) or getattr(sink, "schema", "mongo2pg")
-    if not isinstance(dsn, str):
-        raise TypeError("pass state= or a sink exposing .dsn and .control_schema")
-    return StreamState(dsn, str(schema))
-
+    """The control-schema store sharing the sink's pool and control schema."""
+    pool = getattr(sink, "pool", None) or getattr(sink, "_pool", None)
+    schema = getattr(sink, "control_schema", None) or getattr(sink, "_schema", None)
+    if pool is None or not isinstance(schema, str):
+        raise TypeError("pass state= or a sink exposing its pool and control schema")
+    return StreamState(pool, schema)
