@@ -134,9 +134,8 @@ def test_a_source_transaction_lands_in_one_batch_even_above_the_size_limit(
                             config=StreamConfig(batch_max_events=2, batch_max_ms=50,
                                                 max_await_ms=50))
             await tailer.run_once()
-            async with client.start_session() as session:
-                async with await session.start_transaction():
-                    await coll.insert_many([{"_id": i} for i in range(7)], session=session)
+            async with client.start_session() as session, await session.start_transaction():
+                await coll.insert_many([{"_id": i} for i in range(7)], session=session)
             await coll.insert_one({"_id": "after"})
             await catch_up(tailer, client, step=True)
             await tailer.close()

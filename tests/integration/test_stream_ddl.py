@@ -103,7 +103,8 @@ def test_follow_policy_applies_the_renamed_collection_to_the_old_table(
             await again.close()
         conn = await pg_connect(pg_dsn)
         try:
-            got = await conn.fetch(f'SELECT _id, doc->>\'v\' AS v FROM "{db}"."old" ORDER BY _id')
+            query = f'SELECT _id, doc->>\'v\' AS v FROM "{db}"."old" ORDER BY _id'  # noqa: S608
+            got = await conn.fetch(query)
         finally:
             await conn.close()
         assert [(r["_id"], r["v"]) for r in got] == [("0", "1"), ("2", "0"), ("3", "3")]
