@@ -69,7 +69,9 @@ def test_sigkill_at_random_points_then_restart_loses_and_duplicates_nothing(
             target = (await client.admin.command("ping"))["operationTime"]
             packed = target.time << 32 | target.inc
             with anyio.fail_after(30):
-                while (await checkpoint_time(pg_dsn) or 0) < packed:
+                while True:
+                    if (await checkpoint_time(pg_dsn) or 0) >= packed:
+                        break
                     await anyio.sleep(0.05)
         finally:
             proc.kill()
