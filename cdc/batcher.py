@@ -12,8 +12,9 @@ the checkpoint that goes with it:
   inside a group, so the size limit is soft by at most one group.
 * **Checkpoints are always safe resume points.** With no open group and the reply fully
   consumed, the checkpoint is the reply's ``postBatchResumeToken`` (past everything the
-  server scanned, even with no matching event: a quiet stream keeps advancing). With an
-  open group it is the token of the last settled event.
+  server scanned, even with no matching event: a quiet stream keeps advancing) — unless
+  the reply was full, when the last event's token says the same. With an open group it
+  is the token of the last settled event.
 * **Cuts** (:meth:`Accumulator.due`): ``max_events`` settled events, the oldest pending
   event older than ``max_wait`` seconds, or — natural batching — a reply shorter than
   requested, meaning the server had nothing more queued at that instant. Under load
@@ -105,6 +106,11 @@ class Accumulator:
             self._close_group()
         self._short_reply = count < requested
         if self._open or post_batch_token is None:
+            return
+        if count and count >= requested:
+            # A full batch: the server cannot have scanned past its last event, so the
+            # last event's token is the same point (and does not depend on the server
+            # getting its post-batch token right for a batch cut by size).
             return
         last = self._position.cluster_time if self._position else None
         times = [t for t in (last, reply_time) if t is not None]
