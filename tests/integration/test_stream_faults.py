@@ -3,6 +3,7 @@ backends, and a stream whose history the oplog no longer holds."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
@@ -35,25 +36,35 @@ def retries() -> float:
     return float(value)
 
 
+def tailer_client(mongo_uri: str) -> AsyncMongoClient[Any]:
+    # Polling monitor with a short interval: after a "node is recovering" error the
+    # driver marks the server unknown and waits for the monitor's next check.
+    return AsyncMongoClient(mongo_uri, appname=APP, serverMonitoringMode="poll",
+                            heartbeatFrequencyMS=500)
+
+
 async def fail_point(client: AsyncMongoClient[Any], mode: Any, **data: Any) -> None:
     await client.admin.command({"configureFailPoint": "failCommand", "mode": mode,
                                 "data": {"appName": APP, **data}})
 
 
 async def tail_through(mongo_uri: str, pg_dsn: str, namespaces: list[str], include: list[str],
-                       inject: Any, *, ops: int = 300) -> None:
-    """Run a workload while the tailer runs and ``inject(client)`` injects faults; then
-    the tailer must catch up and PostgreSQL equal MongoDB."""
+                       inject: Any, *, ops: int = 300, during: Any = None) -> None:
+    """``inject(client, sink)`` injects faults, then the tailer starts and a workload runs
+    (``during(client, sink)`` instead when given); then the tailer must catch up and
+    PostgreSQL equal MongoDB."""
     writer: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
-    reader: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, appname=APP)
+    reader = tailer_client(mongo_uri)
     try:
         async with open_sink(pg_dsn) as sink:
             tailer = Tailer(client=reader, sink=sink, include=include, config=CONFIG)
             async with anyio.create_task_group() as tg:
-                await tg.start(tailer.run)
-                await writer[namespaces[0].split(".")[0]]["warm"].insert_one({})
                 await inject(writer, sink)
-                await run_workload(writer, namespaces, ops=ops, seed=5)
+                await tg.start(tailer.run)
+                if during is None:
+                    await run_workload(writer, namespaces, ops=ops, seed=5)
+                else:
+                    await during(writer, sink)
                 await catch_up(tailer, writer)
                 tg.cancel_scope.cancel()
         assert await differences(writer, pg_dsn, namespaces) == []
@@ -83,29 +94,41 @@ def test_stream_resumes_after_transient_source_failures(
     assert retries() >= before + 1
 
 
+def data_plane_pids(sink: Any) -> list[int]:
+    """Server PIDs of the sink's asyncpg pool (its data plane) right now."""
+    pids = []
+    for holder in sink._pool._holders:
+        con = holder._con
+        if con is not None and not con.is_closed():
+            pids.append(con.get_server_pid())
+    return pids
+
+
 def test_stream_survives_terminated_postgres_backends_during_apply(
         mongo_uri: str, pg_dsn: str) -> None:
     db = unique_db()
     before = retries()
 
-    async def inject(client: AsyncMongoClient[Any], sink: Any) -> None:
+    async def nothing(client: AsyncMongoClient[Any], sink: Any) -> None:
+        pass
+
+    async def during(client: AsyncMongoClient[Any], sink: Any) -> None:
         async def killer() -> None:
             conn = await pg_connect(pg_dsn)
             try:
-                for _ in range(6):
-                    await anyio.sleep(0.15)
-                    await conn.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                        " AND backend_type = 'client backend'")
+                for _ in range(8):
+                    await anyio.sleep(0.1)
+                    await conn.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[])"
+                                       " AS pid", data_plane_pids(sink))
             finally:
                 await conn.close()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(killer)
-            await run_workload(client, [f"{db}.a"], ops=200, seed=3)
+            await run_workload(client, [f"{db}.a", f"{db}.b"], ops=300, seed=3)
 
-    anyio.run(tail_through, mongo_uri, pg_dsn, [f"{db}.a", f"{db}.b"], [f"{db}.*"], inject)
+    anyio.run(functools.partial(tail_through, mongo_uri, pg_dsn, [f"{db}.a", f"{db}.b"],
+                                [f"{db}.*"], nothing, during=during))
     assert retries() >= before + 1
 
 
@@ -163,7 +186,7 @@ def test_event_too_large_to_read_is_dead_lettered_and_refetched_by_id(
 
     async def main() -> None:
         writer: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
-        reader: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, appname=APP)
+        reader = tailer_client(mongo_uri)
         coll = writer[db]["c"]
         try:
             async with open_sink(pg_dsn) as sink:
