@@ -3,6 +3,7 @@ ends equal to MongoDB, with no lost and no duplicated effect."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -37,6 +38,13 @@ def spawn(mongo_uri: str, pg_dsn: str, include: list[str]) -> subprocess.Popen[s
         env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 def test_sigkill_at_random_points_then_restart_loses_and_duplicates_nothing(
         mongo_uri: str, pg_dsn: str) -> None:
     db = f"t{uuid.uuid4().hex[:10]}"
@@ -53,14 +61,14 @@ def test_sigkill_at_random_points_then_restart_loses_and_duplicates_nothing(
             try:
                 assert (await wait_for_line(proc, "started")).startswith("started")
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(run_workload, client, namespaces, 80, round_)
+                    tg.start_soon(functools.partial(run_workload, client, namespaces, ops=80,
+                                                    seed=round_))
                     for _ in range(20):  # increments whose replays would double-count
                         await counter.update_one({"_id": "counter"}, {"$inc": {"n": 1}})
                     await anyio.sleep(rng.uniform(0.05, 0.6))
                     proc.send_signal(signal.SIGKILL)
             finally:
-                proc.kill()
-                proc.wait()
+                stop(proc)
             killed_at.append(await checkpoint_time(pg_dsn))
         # Restart once more and let it catch up.
         proc = spawn(mongo_uri, pg_dsn, [f"{db}.*"])
@@ -74,8 +82,7 @@ def test_sigkill_at_random_points_then_restart_loses_and_duplicates_nothing(
                         break
                     await anyio.sleep(0.05)
         finally:
-            proc.kill()
-            proc.wait()
+            stop(proc)
         assert len({t for t in killed_at if t is not None}) >= 3  # killed at varied points
         assert await differences(client, pg_dsn, namespaces) == []
         conn = await pg_connect(pg_dsn)
