@@ -35,7 +35,7 @@ from cdc.errors import InvariantError, TargetUnavailable, is_retriable
 from cdc.mapping.model import Mapper, TableShape
 from cdc.sink import ddl, statements
 from cdc.sink.migrations import LOCK_SPACE, migrate
-from cdc.sink.plan import ApplyResult, NamespacePlan, plan_batch
+from cdc.sink.plan import ApplyResult, DeadLetter, NamespacePlan, plan_batch
 from cdc.types import Namespace
 
 MapperFor = Callable[[Namespace], Mapper]
@@ -50,7 +50,8 @@ def asyncpg_params(dsn: str) -> dict[str, Any]:
                          ("sslmode", "ssl")):
         if info.get(ours) is not None:
             params[theirs] = int(str(info[ours])) if ours == "port" else info[ours]
-    settings = {"client_min_messages": "warning"}
+    # work_mem: the merge sorts a batch's staged rows by key in memory, not on disk.
+    settings = {"client_min_messages": "warning", "work_mem": "64MB"}
     if info.get("application_name"):
         settings["application_name"] = str(info["application_name"])
     params["server_settings"] = settings
@@ -61,6 +62,14 @@ def _lock_key(qualified: str) -> int:
     """Stable signed 32-bit key of a table's write lock (crc32; collisions only serialise)."""
     value = zlib.crc32(f"sink:{qualified}".encode())
     return value - (1 << 32) if value >= 1 << 31 else value
+
+
+class _Connection(asyncpg.Connection):
+    """A pool connection that remembers which staging tables its session holds."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.m2p_staged: set[str] = set()
 
 
 class _Known:
@@ -78,9 +87,10 @@ class _Known:
 class Sink:
     """Writes batches to PostgreSQL; see the module docstring for the mechanism."""
 
-    def __init__(self, pool: asyncpg.Pool, control: psycopg.AsyncConnection[Any],
+    def __init__(self, pool: asyncpg.Pool, control: psycopg.AsyncConnection[Any], dsn: str,
                  control_schema: str, mapper_for: MapperFor) -> None:
         self._pool = pool
+        self._dsn = dsn
         self._control = control
         self._schema = control_schema
         self._mapper_for = mapper_for
@@ -112,13 +122,14 @@ class Sink:
         try:
             await migrate(control, control_schema)
             pool = await asyncpg.create_pool(
-                min_size=min_size, max_size=max_size, **asyncpg_params(dsn))
+                min_size=min_size, max_size=max_size, connection_class=_Connection,
+                **asyncpg_params(dsn))
         except BaseException as exc:
             await control.close()
             if isinstance(exc, Exception) and is_retriable(exc):
                 raise TargetUnavailable("opening the sink") from exc
             raise
-        return cls(pool, control, control_schema, mapper_for)
+        return cls(pool, control, dsn, control_schema, mapper_for)
 
     async def close(self) -> None:
         try:
@@ -143,6 +154,9 @@ class Sink:
         if known is not None and known.shapes == shapes:
             return known
         try:
+            if self._control.closed or self._control.broken:
+                self._control = await psycopg.AsyncConnection.connect(self._dsn,
+                                                                      autocommit=True)
             await ddl.ensure_tables(self._control, shapes)
         except psycopg.Error as exc:
             _raise_if_unavailable(exc, f"creating tables of {ns}")
@@ -176,13 +190,17 @@ class Sink:
         return plan.result
 
     async def _write(self, conn: Any, batch: Batch, plans: dict[Namespace, NamespacePlan],
-                     dead: list[Any], result: ApplyResult) -> None:
+                     dead: list[DeadLetter], result: ApplyResult) -> None:
         work = [(self._known[ns], p) for ns, p in sorted(plans.items())]
-        # Staging tables live for the session; created outside the transaction so a
-        # rolled-back batch does not take them away.
-        if work:
+        # Staging tables live for the session: created outside the transaction (a
+        # rolled-back batch does not take them away), once per connection.
+        staged: set[str] = conn.m2p_staged
+        missing = [k.sql for k, _ in work if k.sql.stage not in staged]
+        if missing or not staged:
             await conn.execute(";".join([statements.COMMON_STAGE_DDL]
-                                        + [k.sql.stage_ddl for k, _ in work]))
+                                        + [m.stage_ddl for m in missing]))
+            staged.add("")
+            staged.update(m.stage for m in missing)
         async with conn.transaction():
             locks: dict[int, bool] = {}
             for known, p in work:
@@ -198,29 +216,33 @@ class Sink:
             if dels:
                 await conn.copy_records_to_table(
                     statements.DELETES_STAGE, schema_name="pg_temp", records=dels,
-                    columns=("t", "k", "v", "s"))
+                    columns=("t", "k", "v", "s", "q"))
             for known, p in work:
                 nsql = known.sql
                 table = nsql.root.qualified
-                if p.deletes:
-                    n = await conn.fetchval(nsql.delete, table)
-                    counts = result.of(p.namespace, Op.DELETE)
-                    counts.applied += n
-                    counts.skipped += len(p.deletes) - n
-                if p.root_records:
+                if p.upserts:
+                    # Mapping runs inside this COPY, overlapping the server's parsing.
                     await conn.copy_records_to_table(
-                        nsql.stage, schema_name="pg_temp", records=p.root_records,
-                        columns=nsql.stage_columns)
+                        nsql.stage, schema_name="pg_temp",
+                        records=p.root_records(dead, result), columns=nsql.stage_columns)
                     for child in nsql.children:
-                        rows = p.child_records.get(child.shape.name)
+                        rows = p.children_without_losers(child.shape.name)
                         if rows:
                             await conn.copy_records_to_table(
                                 child.stage, schema_name="pg_temp", records=rows,
                                 columns=child.columns)
+                if p.losers:
+                    await conn.execute(nsql.drop_staged, p.losers)
+                if p.staged_deletes:
+                    n = await conn.fetchval(nsql.delete, table)
+                    counts = result.of(p.namespace, Op.DELETE)
+                    counts.applied += n
+                    counts.skipped += p.staged_deletes - n
+                if p.staged_upserts:
                     n = await conn.fetchval(nsql.upsert, table)
                     counts = result.of(p.namespace, Op.UPSERT)
                     counts.applied += n
-                    counts.skipped += len(p.root_records) - n
+                    counts.skipped += p.staged_upserts - n
                     if n:
                         for child in nsql.children:
                             await conn.execute(child.statement)
@@ -249,5 +271,7 @@ def _describe(batch: Batch) -> str:
 def _raise_if_unavailable(exc: Exception, what: str) -> None:
     """Raise :class:`TargetUnavailable` for what may pass (connection loss, serialization
     failure, deadlock); return for anything else, which the caller re-raises as is."""
-    if is_retriable(exc):
+    if is_retriable(exc) or isinstance(
+        exc, psycopg.OperationalError | asyncpg.exceptions.ConnectionDoesNotExistError
+    ):
         raise TargetUnavailable(f"PostgreSQL unavailable while {what}") from exc

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import bson
@@ -10,44 +9,17 @@ import psycopg
 from psycopg import sql
 
 from cdc.batch import Change, Op, Origin
-from cdc.errors import MappingError
-from cdc.mapping.model import Column, MappedDocument, TableShape
+from cdc.mapping import Mapper, MappingConfig, resolve
 from cdc.types import Namespace
 
 CONTROL = "m2p_ctl"
+MAPPING = MappingConfig()
 NS = Namespace("shop", "orders")
 
 
-class TempDocumentMapper:
-    """TEMPORARY stand-in until wip/mapping lands (replaced by the real DocumentMapper)."""
-
-    def __init__(self, schema: str, table: str) -> None:
-        self._table = table
-        self._shape = TableShape(
-            schema, table,
-            (Column("_key", "bytea"), Column("_id", "text", "_id"),
-             Column("_id_bson", "bytea"), Column("doc", "jsonb")),
-            ("_key",),
-        )
-
-    def tables(self) -> tuple[TableShape, ...]:
-        return (self._shape,)
-
-    def map_key(self, id_bson: bytes) -> bytes:
-        return id_bson
-
-    def map_document(self, raw: bytes) -> MappedDocument:
-        doc = bson.decode(raw)
-        text = json.dumps(doc, default=str)
-        if "\\u0000" in text:
-            raise MappingError("U+0000 cannot be stored in jsonb")
-        id_bson = bson.encode({"_id": doc["_id"]})
-        return MappedDocument(id_bson, {self._table: [(id_bson, str(doc["_id"]), id_bson,
-                                                       text)]})
-
-
-def mapper_for(ns: Namespace) -> TempDocumentMapper:
-    return TempDocumentMapper(ns.db, ns.coll)
+def mapper_for(ns: Namespace) -> Mapper:
+    """The production mapping of ``ns`` (document mode by default)."""
+    return resolve(MAPPING, ns)
 
 
 def id_bson(i: Any) -> bytes:

@@ -193,3 +193,13 @@ async def test_lost_connection_raises_target_unavailable_and_retry_succeeds(
     await sink.apply(batch)
     assert set(rows(pg_dsn)) == {key_of(1), key_of(2)}
     assert await sink.load_checkpoint("main") == Checkpoint("main", b"t2", 2)
+
+
+async def test_backfill_delete_loses_tie_and_stream_delete_wins_it(
+    sink: Sink, pg_dsn: str
+) -> None:
+    await sink.apply(Batch([upsert(1, 8), upsert(2, 8)]))
+    result = await sink.apply(Batch([delete(1, 8, origin=BACKFILL), delete(2, 8)]))
+    assert set(rows(pg_dsn)) == {key_of(1)}
+    assert tombstones(pg_dsn) == {key_of(2): 8}
+    assert (result.of(NS, Op.DELETE).applied, result.of(NS, Op.DELETE).skipped) == (1, 1)
