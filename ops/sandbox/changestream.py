@@ -76,6 +76,7 @@ class StreamCursor(Cursor):
         self.stages, self.split = stages, split
         self.next_seq = next_seq
         self.after = after                      # position scanned up to
+        self.floor = after                      # never report entries at or before it
         self.skip_fragments = skip_fragments
         self.pending: list[tuple[Token, bytes]] = []
         self.last_token: Token | None = None
@@ -120,6 +121,8 @@ class StreamCursor(Cursor):
         if entry is None:
             return False
         self.next_seq += 1
+        if entry.pos <= self.floor:  # e.g. startAtOperationTime in the future
+            return True
         self.after = entry.pos
         if not self.scope.sees(entry):
             return True

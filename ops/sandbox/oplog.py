@@ -66,6 +66,7 @@ class Entry:
     lsid: dict[str, Any] | None = None
     txn: Int64 | None = None
     images: bool = False                       # collection records pre/post images
+    uuid: Any = None                           # collection UUID (Binary subtype 4)
 
     def ns_match(self, db: str | None, coll: str | None) -> bool:
         return (db is None or self.db == db) and (coll is None or self.coll == coll)

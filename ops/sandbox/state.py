@@ -61,6 +61,8 @@ class Sandbox:
     cursors: dict[int, Cursor] = field(default_factory=dict)
     sessions: dict[bytes, Transaction] = field(default_factory=dict)
     write_blocked: bool = False
+    #: last retryable write per session: lsid id -> (txnNumber, reply)
+    retries: dict[bytes, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     process_id: ObjectId = field(default_factory=ObjectId)
     started: float = field(default_factory=time.time)
     oplog: Oplog = field(init=False)
@@ -127,14 +129,14 @@ def entry_for(sb: Sandbox, coll: Collection, op: str, id_value: Any, before: byt
     post = after if (op in ("insert", "replace") or images) else None
     pre = before if images else None
     return sb.oplog.make(ts, index, op, coll.db, coll.name, key={"_id": id_value}, post=post,
-                         pre=pre, update=update, lsid=lsid, txn=txn, images=images)
+                         pre=pre, update=update, lsid=lsid, txn=txn, images=images,
+                         uuid=coll.uuid)
 
 
 def create_collection(sb: Sandbox, db: str, name: str, options: dict[str, Any]) -> Collection:
     check_ns(db, name)
     coll = sb.store.create(db, name, options)
-    sb.ddl_event("create", db, name, extra={
-        "collectionUUID": coll.uuid,
+    sb.ddl_event("create", db, name, uuid=coll.uuid, extra={
         "operationDescription": {"idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"},
                                  **({} if not options else {k: v for k, v in options.items()})},
     })
