@@ -204,3 +204,31 @@ def test_update_whose_document_is_gone_at_lookup_is_settled_by_the_delete(
         await client.close()
 
     anyio.run(main)
+
+
+def test_an_event_over_16_mib_arrives_in_fragments_and_is_applied_whole(
+        mongo_uri: str, pg_dsn: str) -> None:
+    db = unique_db()
+    ns = f"{db}.c"
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        coll = client[db]["c"]
+        await coll.insert_one({"_id": 1, "a": "x" * (9 << 20)})
+        async with open_sink(pg_dsn) as real:
+            sink = RecordingSink(real)
+            tailer = Tailer(client=client, sink=sink, include=[ns], config=FAST)
+            await tailer.run_once()
+            # updateDescription (9 MiB) + looked-up document (9 MiB) > 16 MiB.
+            await coll.update_one({"_id": 1}, {"$set": {"a": "y" * (9 << 20)}})
+            await coll.insert_one({"_id": 2})
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+            docs = [c.doc for b in sink.batches for c in b.changes
+                    if bson.decode(c.id_bson)["_id"] == 1]
+            assert docs and docs[-1] is not None
+            assert bson.decode(docs[-1])["a"] == "y" * (9 << 20)
+        assert await differences(client, pg_dsn, [ns]) == []
+        await client.close()
+
+    anyio.run(main)
