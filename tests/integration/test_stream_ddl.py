@@ -6,6 +6,7 @@ import uuid
 
 import anyio
 
+from cdc import metrics
 from cdc.state import StreamState
 from cdc.stream import StreamConfig, Tailer
 from tests.integration.test_stream import catch_up
@@ -108,6 +109,36 @@ def test_follow_policy_applies_the_renamed_collection_to_the_old_table(
         finally:
             await conn.close()
         assert [(r["_id"], r["v"]) for r in got] == [("0", "1"), ("2", "0"), ("3", "3")]
+        await client.close()
+
+    anyio.run(main)
+
+
+def test_drop_database_invalidates_a_database_stream_without_wedging_it(
+        mongo_uri: str, pg_dsn: str) -> None:
+    db = unique_db()
+
+    invalidated = metrics.DDL_EVENTS.labels("", "invalidate")
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        before = invalidated._value.get()
+        async with open_sink(pg_dsn) as sink:
+            config = StreamConfig(batch_max_ms=50, max_await_ms=50, ddl_default="ignore")
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.*"], config=config)
+            await tailer.run_once()
+            await client[db]["c"].insert_many([{"_id": i} for i in range(3)])
+            await client.drop_database(db)
+            await client[db]["c"].insert_one({"_id": "reborn"})
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+            assert invalidated._value.get() >= before + 1
+            # And a restart from the checkpoint taken around the invalidate works too.
+            again = Tailer(client=client, sink=sink, include=[f"{db}.*"], config=config)
+            await client[db]["c"].insert_one({"_id": "after-restart"})
+            await catch_up(again, client, step=True)
+            await again.close()
+        assert await rows(pg_dsn, f'"{db}"."c"') == 5  # nothing deleted, new ones applied
         await client.close()
 
     anyio.run(main)
