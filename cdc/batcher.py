@@ -157,6 +157,9 @@ class Accumulator:
         self._committed = position
 
 
+_OP_NAMES: dict[type, str] = {Insert: "insert", Update: "update", Replace: "replace",
+                              Delete: "delete"}
+
 Resolver = Callable[[Namespace], Namespace | None]
 """Maps an event's namespace to the namespace whose table receives it, or ``None``."""
 
@@ -169,15 +172,18 @@ def to_changes(events: Sequence[ChangeEvent], resolve: Resolver = _identity
                ) -> tuple[list[Change], Counter[tuple[str, str]]]:
     """The sink's changes for ``events`` (coalesced by key) and event counts by (ns, op)."""
     latest: dict[tuple[Namespace, bytes], Change] = {}
-    counts: Counter[tuple[str, str]] = Counter()
+    seen: Counter[tuple[Namespace, str]] = Counter()
+    targets: dict[Namespace, Namespace | None] = {}
     for event in events:
         if not isinstance(event, Insert | Update | Replace | Delete):
             continue
-        target = resolve(event.ns)
+        if event.ns in targets:
+            target = targets[event.ns]
+        else:
+            target = targets[event.ns] = resolve(event.ns)
         if target is None:
             continue
-        op_name = type(event).__name__.lower()
-        counts[(str(target), op_name)] += 1
+        seen[(target, _OP_NAMES[type(event)])] += 1
         version = event.cluster_time.packed
         id_bson = id_document(event.document_key)
         if isinstance(event, Delete):
@@ -191,4 +197,6 @@ def to_changes(events: Sequence[ChangeEvent], resolve: Resolver = _identity
         key = (target, id_bson)
         latest.pop(key, None)  # re-insert so dict order is the order of last occurrence
         latest[key] = change
+    counts: Counter[tuple[str, str]] = Counter(
+        {(str(ns), op): n for (ns, op), n in seen.items()})
     return list(latest.values()), counts
