@@ -56,7 +56,7 @@ from cdc.cursor import (
     StartAt,
     operation_time,
 )
-from cdc.errors import HistoryLostError, SourceUnavailable
+from cdc.errors import ConfigError, HistoryLostError, SourceUnavailable
 from cdc.events import (
     Delete,
     Drop,
@@ -114,6 +114,20 @@ class SinkPort(Protocol):
     async def load_checkpoint(self, stream: str) -> Checkpoint | None: ...
 
 
+def validate(include: list[str], config: StreamConfig) -> None:
+    """Raise :class:`ConfigError` for a namespace pattern that is not ``db.coll``/``db.*``."""
+    if not include:
+        raise ConfigError("no namespace to stream", key="include")
+    for key, patterns in (("include", include), ("stream.ddl", list(config.ddl))):
+        for pattern in patterns:
+            try:
+                Namespace.parse(pattern)
+            except ValueError as exc:
+                raise ConfigError(str(exc), key=key) from None
+    if config.batch_max_events < 1 or config.batch_max_ms < 1 or config.max_await_ms < 1:
+        raise ConfigError("batch and wait limits must be positive", key="stream")
+
+
 def matches(patterns: list[str], ns: Namespace) -> bool:
     return any(p == f"{ns.db}.*" or p == str(ns) for p in patterns)
 
@@ -124,8 +138,7 @@ class Tailer:
     def __init__(self, *, client: AsyncMongoClient[Any], sink: SinkPort, include: list[str],
                  config: StreamConfig = DEFAULT_CONFIG, stream_name: str = "main",
                  start_fresh: bool = False, state: StreamState | None = None) -> None:
-        for pattern in include:
-            Namespace.parse(pattern)
+        validate(include, config)
         self._client = client
         self._sink = sink
         self._include = list(include)
@@ -380,7 +393,8 @@ class Tailer:
         batch = Batch(changes, Checkpoint(self.stream_name, position.token,
                                           position.cluster_time.packed))
         began = time.perf_counter()
-        await self._sink.apply(batch)
+        result = await self._sink.apply(batch)
+        _count_dead_letters(result)
         metrics.APPLY_DURATION.labels(self.stream_name).observe(time.perf_counter() - began)
         metrics.BATCH_SIZE.labels(self.stream_name).observe(len(pending.events))
         for (namespace, op), n in counts.items():
@@ -504,6 +518,14 @@ class Tailer:
         coll = self._client[ns.db].get_collection(ns.coll, codec_options=RAW)
         found = await coll.find_one(RawBSONDocument(id_bson))
         return bytes(found.raw) if found is not None else None
+
+
+def _count_dead_letters(result: Any) -> None:
+    """Count the documents the sink dead-lettered (mapping failures) per namespace."""
+    for namespace, per_op in (getattr(result, "counts", None) or {}).items():
+        lettered = sum(getattr(c, "dead_lettered", 0) for c in per_op.values())
+        if lettered:
+            metrics.DEAD_LETTERS.labels(str(namespace)).inc(lettered)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
