@@ -187,7 +187,11 @@ class StreamCursor(Cursor):
             wait = ctx.body.get("maxTimeMS")
             seconds = int(wait) / 1000 if wait else DEFAULT_AWAIT_SECONDS
             await self.sb.oplog.wait(self.next_seq, seconds)
-        return self.reply(ctx, wanted, False)
+        try:
+            return self.reply(ctx, wanted, False)
+        except CommandError:
+            ctx.sb.cursors.pop(self.id, None)  # an error ends the cursor, as on the server
+            raise
 
 
 def _start(sb: Sandbox, spec: dict[str, Any]) -> tuple[int, Position,

@@ -33,7 +33,8 @@ _process_pipeline: Any = mm_aggregate.process_pipeline
 
 def cursor_reply(ctx: Ctx, cursor: Cursor, size: int | None, first: bool,
                  extra: dict[str, Any] | None = None) -> Reply:
-    docs = cursor.batch(size)
+    # batchSize 0 opens the cursor without returning documents
+    docs = [] if size == 0 else cursor.batch(size)
     if cursor.exhausted:
         ctx.sb.cursors.pop(cursor.id, None)
         cursor_id = 0

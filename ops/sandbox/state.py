@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import bson
 from bson.objectid import ObjectId
 from bson.timestamp import Timestamp
 
@@ -151,7 +150,3 @@ def check_ns(db: str, name: str) -> None:
 def check_writable(sb: Sandbox, db: str, bypass: bool) -> None:
     if sb.write_blocked and not bypass and db not in INTERNAL_DBS:
         raise CommandError(371, "User writes blocked")
-
-
-def encode(doc: dict[str, Any]) -> bytes:
-    return bson.encode(doc)

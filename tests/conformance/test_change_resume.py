@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+from bson.timestamp import Timestamp
 from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
@@ -130,5 +131,31 @@ def test_open_stream_that_falls_off_the_oplog_fails_with_286(dedicated_sandbox: 
         with pytest.raises(OperationFailure) as info:
             db.command("getMore", cursor["id"], collection="c", maxTimeMS=50)
         assert info.value.code == 286
+    finally:
+        client.close()
+
+
+def test_start_before_the_deployment_existed_is_history_lost(db: Db) -> None:
+    with pytest.raises(OperationFailure) as info, db.c.watch(
+            start_at_operation_time=Timestamp(1_000_000, 1)) as stream:
+        stream.try_next()
+    assert info.value.code == 286
+
+
+@pytest.mark.sandbox_only
+def test_cursor_is_gone_after_history_loss(dedicated_sandbox: Any) -> None:
+    client: MongoClient[dict[str, Any]] = MongoClient(dedicated_sandbox(oplog_max_entries=2))
+    try:
+        db = client.t
+        db.create_collection("c")
+        cursor = db.command("aggregate", "c", pipeline=[{"$changeStream": {}}],
+                            cursor={})["cursor"]
+        db.c.insert_many([{"_id": i} for i in range(5)])
+        codes = []
+        for _ in range(2):
+            with pytest.raises(OperationFailure) as info:
+                db.command("getMore", cursor["id"], collection="c", maxTimeMS=50)
+            codes.append(info.value.code)
+        assert codes == [286, 43]
     finally:
         client.close()

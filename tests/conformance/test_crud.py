@@ -236,3 +236,13 @@ def test_unacknowledged_writes_get_no_reply_but_are_applied(db: Db) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert db.command("ping")["ok"] == 1.0
+
+
+def test_find_with_batch_size_zero_opens_a_cursor_without_documents(db: Db) -> None:
+    db.c.insert_many([{"_id": i} for i in range(5)])
+    first = db.command("find", "c", batchSize=0)["cursor"]
+    assert first["firstBatch"] == [] and first["id"] != 0
+    more = db.command("getMore", first["id"], collection="c", batchSize=3)["cursor"]
+    assert [d["_id"] for d in more["nextBatch"]] == [0, 1, 2]
+    rest = db.command("getMore", first["id"], collection="c")["cursor"]
+    assert [d["_id"] for d in rest["nextBatch"]] == [3, 4] and rest["id"] == 0

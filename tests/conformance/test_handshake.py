@@ -108,3 +108,35 @@ def test_list_databases_includes_written_database(db: Database[dict[str, Any]],
     db.c.insert_one({"x": 1})
     assert db.name in mongo_client.list_database_names()
     assert "c" in db.list_collection_names()
+
+
+def _op_msg(request_id: int, flags: int, body: dict[str, Any],
+            sequences: dict[str, list[dict[str, Any]]]) -> bytes:
+    payload = struct.pack("<I", flags) + b"\x00" + bson.encode(body)
+    for ident, docs in sequences.items():
+        section = ident.encode() + b"\x00" + b"".join(bson.encode(d) for d in docs)
+        payload += b"\x01" + struct.pack("<i", 4 + len(section)) + section
+    return struct.pack("<iiii", 16 + len(payload), request_id, 0, 2013) + payload
+
+
+def _read_op_msg(sock: socket.socket) -> tuple[int, dict[str, Any]]:
+    length, _, response_to, op_code = struct.unpack("<iiii", _recv_exact(sock, 16))
+    payload = _recv_exact(sock, length - 16)
+    assert op_code == 2013 and payload[4] == 0
+    return response_to, bson.decode(payload[5:])
+
+
+def test_op_msg_document_sequences_and_more_to_come(mongo_uri: str,
+                                                    db: Database[dict[str, Any]]) -> None:
+    docs = [{"_id": i} for i in range(3)]
+    with socket.create_connection(_address(mongo_uri), timeout=5) as sock:
+        sock.sendall(_op_msg(1, 0, {"insert": "c", "$db": db.name}, {"documents": docs}))
+        response_to, reply = _read_op_msg(sock)
+        assert response_to == 1 and reply["n"] == 3 and reply["ok"] == 1.0
+        # moreToCome (bit 1): the server must not answer this one ...
+        sock.sendall(_op_msg(2, 2, {"insert": "c", "$db": db.name,
+                                    "writeConcern": {"w": 0}}, {"documents": [{"_id": 9}]}))
+        # ... so the next reply on the wire answers request 3
+        sock.sendall(_op_msg(3, 0, {"count": "c", "$db": db.name}, {}))
+        response_to, reply = _read_op_msg(sock)
+    assert response_to == 3 and reply["n"] == 4
