@@ -15,9 +15,10 @@ Canonical mode always uses the walker (every number wrapped with its type), and 
 flavour that round-trips exactly. :func:`from_ejson` parses both flavours back into the
 Python values ``bson.encode`` writes as the original BSON types.
 
-Deviations from the Extended JSON spec, both to survive PostgreSQL's ``jsonb``, which
-stores numbers as ``numeric``: a negative zero double is written as
-``{"$numberDouble": "-0.0"}`` in relaxed mode too; and a sub-document whose keys are
+Deviations from the Extended JSON spec, all to survive PostgreSQL's ``jsonb``, which
+stores numbers as ``numeric``: a negative zero double and a double of magnitude >= 1e16
+(which JSON writes as ``1e16`` and jsonb would turn into an integer) are written as
+``{"$numberDouble": "…"}`` in relaxed mode too; and a sub-document whose keys are
 exactly those of a type wrapper (``{"$oid": "x"}``) cannot be told from the wrapper by
 any parser, so it raises :class:`MappingError` instead of being written ambiguously.
 """
@@ -129,6 +130,7 @@ def _enc_hook(value: Any) -> Any:
 
 
 _ENCODER = msgspec.json.Encoder(enc_hook=_enc_hook)
+_BIG_DOUBLE = re.compile(rb"[0-9]e[1-3]")
 _NEG_ZERO = b"\x00\x00\x00\x00\x00\x00\x00\x80"
 
 
@@ -164,7 +166,11 @@ def relaxed_json_part(value: Any, walker: bool) -> bytes:
     if walker:
         return msgspec.json.encode(to_ejson(value, canonical=False))
     out = _ENCODER.encode(value)
-    if b"\\u0000" in out:  # maybe a U+0000 in a string: let the walker decide
+    # Let the walker decide on a possible U+0000 in a string, and on a possible double of
+    # magnitude >= 1e16, which msgspec writes in exponent form ("1e16"): jsonb would turn
+    # it into the integer 10000000000000000, read back as int64.
+    if b"\\u0000" in out or ((b"e1" in out or b"e2" in out or b"e3" in out)
+                              and _BIG_DOUBLE.search(out) is not None):
         return msgspec.json.encode(to_ejson(value, canonical=False))
     return out
 
@@ -226,7 +232,8 @@ def to_ejson(value: Any, canonical: bool) -> Any:
     if t is Int64:
         return {"$numberLong": str(int(value))} if canonical else int(value)
     if t is float:
-        if canonical or not math.isfinite(value) or (value == 0.0 and math.copysign(1, value) < 0):
+        if canonical or not -1e16 < value < 1e16 or (
+                value == 0.0 and math.copysign(1, value) < 0):
             return {"$numberDouble": _float_text(value)}
         return value
     if t is bool or value is None:

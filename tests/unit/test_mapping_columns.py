@@ -24,7 +24,7 @@ from cdc.mapping import ChildRule, ColumnRule, MappingConfig, MappingRule, resol
 from cdc.mapping.columns import ColumnMapper
 from cdc.mapping.ejson import to_ejson
 from cdc.mapping.keys import encode_key_value
-from tests.unit.bson_strategies import object_ids, text_no_nul, values
+from tests.unit.bson_strategies import PROPERTY, object_ids, text_no_nul, values
 
 RULE = MappingRule(
     "shop.orders", mode="column",
@@ -172,7 +172,7 @@ def _view(value: Any) -> Any:
     return to_ejson(one_nan(value), canonical=True)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(PROPERTY, max_examples=300)
 @given(_column_documents())
 def test_canonical_column_mode_round_trips_every_type(doc: dict[str, Any]) -> None:
     mapper = _mapper(ALL_RULE, "canonical")
