@@ -92,6 +92,10 @@ class NamespacePlan:
     """Positions of staged changes that a later-mapped change on the same key beat."""
     staged_upserts: int = 0
     staged_deletes: int = 0
+    all_backfill: bool = True
+    """Every change of this namespace in the batch came from the backfill."""
+    direct: bool = False
+    """The upserts went straight into the target (see ``Sink._direct``)."""
     _seen: dict[bytes, tuple[int, Change]] = field(default_factory=dict)
 
     def _claim(self, key: bytes, pos: int, change: Change, result: ApplyResult) -> bool:
@@ -192,6 +196,8 @@ def plan_batch(batch: Batch, mapper_of: Callable[[Namespace], Mapper]) -> Plan:
         if plan is None:
             mapper = mapper_of(ns)
             plan = plans[ns] = NamespacePlan(ns, mapper, mapper.tables()[0].name)
+        if change.origin is not Origin.BACKFILL:
+            plan.all_backfill = False
         if change.op is Op.UPSERT:
             plan.upserts.append((pos, change))
             continue

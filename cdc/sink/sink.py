@@ -23,7 +23,7 @@ so a retry of the same batch is exact.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -51,7 +51,9 @@ def asyncpg_params(dsn: str) -> dict[str, Any]:
         if info.get(ours) is not None:
             params[theirs] = int(str(info[ours])) if ours == "port" else info[ours]
     # work_mem: the merge sorts a batch's staged rows by key in memory, not on disk.
-    settings = {"client_min_messages": "warning", "work_mem": "64MB"}
+    # jit off: the merge's per-row subplans inflate cost estimates past jit_above_cost,
+    # and compiling them takes longer than running them, every batch.
+    settings = {"client_min_messages": "warning", "work_mem": "64MB", "jit": "off"}
     if info.get("application_name"):
         settings["application_name"] = str(info["application_name"])
     params["server_settings"] = settings
@@ -72,16 +74,25 @@ class _Connection(asyncpg.Connection):
         self.m2p_staged: set[str] = set()
 
 
+class _Fallback(Exception):
+    """The direct path cannot take this batch; use the staged one."""
+
+
+DIRECT_PAUSE = 16
+"""Batches of a namespace that skip the direct path after it had to fall back."""
+
+
 class _Known:
     """What the sink has ensured for one namespace."""
 
-    __slots__ = ("mapper", "shapes", "sql")
+    __slots__ = ("direct_pause", "mapper", "shapes", "sql")
 
     def __init__(self, mapper: Mapper, shapes: tuple[TableShape, ...],
                  nsql: statements.NamespaceSql) -> None:
         self.mapper = mapper
         self.shapes = shapes
         self.sql = nsql
+        self.direct_pause = 0
 
 
 class Sink:
@@ -189,6 +200,61 @@ class Sink:
             raise
         return plan.result
 
+    async def _direct(self, conn: Any, known: _Known, p: NamespacePlan,
+                      dead: list[DeadLetter], result: ApplyResult) -> bool:
+        """Backfill into keys the target has never seen: COPY straight into the tables.
+
+        Taken only for a batch whose changes of this namespace are all backfill
+        upserts. Inside a savepoint the rows are COPYed into the target tables; the
+        primary key rejects any key that has a row (then the savepoint is rolled back),
+        and a probe rejects keys with a tombstone. Either way the rows already mapped
+        go the staged, version-guarded way; no row is mapped twice. A fallback turns the
+        direct path off for the namespace for a while (a resync re-copies known keys).
+        """
+        if p.deletes or not p.all_backfill or known.direct_pause > 0:
+            known.direct_pause = max(known.direct_pause - 1, 0)
+            return False
+        nsql = known.sql
+        taken: list[tuple[Any, ...]] = []
+        source = p.root_records(dead, result)
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            for record in source:
+                taken.append(record)
+                yield record[:-2]  # without the origin flag and position
+
+        try:
+            async with conn.transaction():  # a savepoint
+                await conn.copy_records_to_table(
+                    nsql.root.name, schema_name=nsql.root.schema, records=rows(),
+                    columns=nsql.target_columns)
+                for child in nsql.children:
+                    child_rows = p.child_records.get(child.shape.name)
+                    if child_rows:
+                        await conn.copy_records_to_table(
+                            child.shape.name, schema_name=child.shape.schema,
+                            records=[r[:-1] for r in child_rows],
+                            columns=child.columns[:-1])
+                if taken and await conn.fetchval(
+                    nsql.count_tombstones, nsql.root.qualified, [r[0] for r in taken]
+                ):
+                    raise _Fallback
+        except (_Fallback, asyncpg.exceptions.UniqueViolationError):
+            known.direct_pause = DIRECT_PAUSE
+            taken.extend(source)  # map the rest, once
+            await conn.copy_records_to_table(
+                nsql.stage, schema_name="pg_temp", records=taken, columns=nsql.stage_columns)
+            for child in nsql.children:
+                child_rows = p.children_without_losers(child.shape.name)
+                if child_rows:
+                    await conn.copy_records_to_table(
+                        child.stage, schema_name="pg_temp", records=child_rows,
+                        columns=child.columns)
+            return True
+        p.direct = True
+        result.of(p.namespace, Op.UPSERT).applied += p.staged_upserts
+        return True
+
     async def _write(self, conn: Any, batch: Batch, plans: dict[Namespace, NamespacePlan],
                      dead: list[DeadLetter], result: ApplyResult) -> None:
         work = [(self._known[ns], p) for ns, p in sorted(plans.items())]
@@ -220,7 +286,7 @@ class Sink:
             for known, p in work:
                 nsql = known.sql
                 table = nsql.root.qualified
-                if p.upserts:
+                if p.upserts and not await self._direct(conn, known, p, dead, result):
                     # Mapping runs inside this COPY, overlapping the server's parsing.
                     await conn.copy_records_to_table(
                         nsql.stage, schema_name="pg_temp",
@@ -238,14 +304,14 @@ class Sink:
                     counts = result.of(p.namespace, Op.DELETE)
                     counts.applied += n
                     counts.skipped += p.staged_deletes - n
-                if p.staged_upserts:
+                if p.staged_upserts and not p.direct:
                     n = await conn.fetchval(nsql.upsert, table)
                     counts = result.of(p.namespace, Op.UPSERT)
                     counts.applied += n
                     counts.skipped += p.staged_upserts - n
-                    if n:
-                        for child in nsql.children:
-                            await conn.execute(child.statement)
+                    if n and nsql.children:
+                        await conn.execute(nsql.drop_children)
+                        await conn.execute(nsql.insert_children)
             if dead:
                 await conn.copy_records_to_table(
                     "dead_letters", schema_name=self._schema,

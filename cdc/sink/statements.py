@@ -7,22 +7,29 @@ constraints) that COPY fills, and runs per batch:
 * **delete** — one statement: pick the staged deletes that beat the stored state (the
   row's version, or the tombstone's when the row is absent: newer, or equal and from the
   stream), delete those rows from ``R`` and every ``C``, and upsert their tombstones.
-* **upsert** — one statement: drop staged rows a tombstone beats, then
+* **upsert** — one statement: skip staged rows their tombstone beats, then
   ``INSERT … ON CONFLICT (k) DO UPDATE … WHERE`` the stored version is older (``<`` for
   backfill rows, ``<=`` for stream rows: two inserts in one statement, one per origin —
   their key sets are disjoint after coalescing). The ``WHERE`` of ``ON CONFLICT`` is
   evaluated against the latest committed row version after waiting for its lock, so two
   writers racing on one key end with the newer one. The same statement removes the
-  tombstones of the keys it wrote and records them in ``_m2p_applied``.
-* **children** — per child table, one statement: for the parents recorded in
-  ``_m2p_applied``, upsert the staged child rows and delete the rows the new document no
-  longer has (a shrunk array). It is a separate statement so that its snapshot, taken
-  after the parent upsert waited for a concurrent writer, sees that writer's children.
+  tombstones of the keys it wrote (a key has a row or a tombstone, never both: the
+  tombstone exists exactly while the document's last state is "deleted") and records
+  the keys in ``_m2p_applied`` for the child statements.
+* **children** — two statements for all child tables: delete every child row of the
+  parents recorded in ``_m2p_applied``, then insert their staged child rows (a shrunk
+  array leaves no row behind). They run after the parent upsert, so their snapshots,
+  taken after that upsert waited for a concurrent writer of the same parent, see that
+  writer's children; and while this transaction holds the parent's row lock no other
+  writer can touch its children. (Delete and insert cannot share one statement: its
+  sub-statements run in no defined order, and an insert could meet a row not yet
+  deleted.)
 
 Rows are inserted in key order so concurrent writers lock keys in the same order.
-Lookups of stored rows and tombstones are scalar subqueries or ``= ANY(ARRAY(…))``:
-index probes per staged key, so the cost follows the batch, not the size of the table
-or of the tombstone set, whatever the planner guesses about unanalysed staging tables.
+Lookups of stored rows and tombstones are scalar subqueries or joins with
+``unnest(ARRAY(…))`` (which the planner estimates at a handful of rows): index probes
+per staged key, so the cost follows the batch, not the size of the table or of the
+tombstone set, whatever the planner guesses about unanalysed staging tables.
 """
 
 from __future__ import annotations
@@ -75,9 +82,8 @@ COMMON_STAGE_DDL = (
 class ChildSql:
     shape: TableShape
     stage: str
-    statement: str
     columns: tuple[str, ...]
-    """Staging columns in COPY order."""
+    """Staging columns in COPY order (the target's, then the position)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +94,30 @@ class NamespaceSql:
     root: TableShape
     stage: str
     stage_columns: tuple[str, ...]
+    target_columns: tuple[str, ...]
+    """The root table's columns in COPY order (data columns, then the version)."""
     upsert: str
     delete: str
     children: tuple[ChildSql, ...]
+    drop_children: str
+    """Deletes the child rows of the parents the upsert wrote (all child tables)."""
+    insert_children: str
+    """Inserts their staged child rows (all child tables); runs after drop_children."""
     stage_ddl: str
     """Creates the staging tables of this namespace (idempotent, one script)."""
     drop_staged: str
     """Removes displaced changes (``$1``: their positions) from this namespace's staging."""
+    count_tombstones: str
+    """How many of the keys ``$2`` have a tombstone (direct path: none may)."""
+
+
+def _children_statement(index: int, parts: list[sql.Composable]) -> sql.Composed:
+    if not parts:
+        return sql.Composed([])
+    return sql.SQL(
+        "WITH parents AS (SELECT k FROM pg_temp.{applied} WHERE t = {idx}), {parts} SELECT 1"
+    ).format(applied=sql.Identifier(APPLIED_STAGE), idx=sql.Literal(index),
+             parts=sql.SQL(", ").join(parts))
 
 
 def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> NamespaceSql:
@@ -136,8 +159,8 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
     upsert = sql.SQL(
         "WITH up_s AS ({ins_s}), up_b AS ({ins_b}),"
         " up AS (SELECT {k} AS k FROM up_s UNION ALL SELECT {k} FROM up_b),"
-        " tomb AS (DELETE FROM {ctl} tb WHERE tb.table_name = $1"
-        " AND tb.key = ANY(ARRAY(SELECT k FROM up)))"
+        " tomb AS (DELETE FROM {ctl} tb USING unnest(ARRAY(SELECT k FROM up)) AS u(k)"
+        " WHERE tb.table_name = $1 AND tb.key = u.k)"
         "{record_applied}"
         " SELECT count(*) FROM up"
     ).format(ctl=ctl, k=k, ins_s=insert("", "<="), ins_b=insert("NOT ", "<"),
@@ -145,36 +168,26 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
 
     child_sql: list[ChildSql] = []
     child_deletes: list[sql.Composable] = []
+    drop_children: list[sql.Composable] = []
+    insert_children: list[sql.Composable] = []
     for n, child in enumerate(children):
         cstage = f"_m2p_s{index}_{n}"
         ctarget = sql.Identifier(child.schema, child.name)
         ccols = [c.name for c in child.columns]
-        pk = list(child.key_columns)
-        parent_col = sql.Identifier(pk[0])
-        csets = sql.SQL(", ").join(
-            [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c))
-             for c in ccols if c not in pk]
-            + [sql.SQL("{0} = EXCLUDED.{0}").format(v)]
-        )
-        match = sql.SQL(" AND ").join(
-            sql.SQL("s.{0} = d.{0}").format(sql.Identifier(c)) for c in pk
-        )
-        statement = sql.SQL(
-            "WITH parents AS (SELECT k FROM pg_temp.{applied} WHERE t = {idx}),"
-            " ins AS (INSERT INTO {ctarget} AS d ({cols}) SELECT {cols} FROM pg_temp.{cstage}"
-            " WHERE {parent} IN (SELECT k FROM parents) ORDER BY {pk}"
-            " ON CONFLICT ({pk}) DO UPDATE SET {csets}),"
-            " del AS (DELETE FROM {ctarget} d WHERE d.{parent} = ANY(ARRAY(SELECT k FROM parents))"
-            " AND NOT EXISTS (SELECT 1 FROM pg_temp.{cstage} s WHERE {match}))"
-            " SELECT 1"
-        ).format(applied=sql.Identifier(APPLIED_STAGE), idx=sql.Literal(index),
-                 ctarget=ctarget, cols=_ids([*ccols, VERSION_COLUMN]),
-                 cstage=sql.Identifier(cstage), parent=parent_col, pk=_ids(pk),
-                 csets=csets, match=match)
-        child_sql.append(ChildSql(child, cstage, _q(statement),
-                                  (*ccols, VERSION_COLUMN, SEQ_COLUMN)))
+        parent_col = sql.Identifier(child.key_columns[0])
+        drop_children.append(sql.SQL(
+            "c{n} AS (DELETE FROM {ctarget} c USING unnest(ARRAY(SELECT k FROM parents))"
+            " AS u(k) WHERE c.{parent} = u.k)"
+        ).format(n=sql.SQL(str(n)), ctarget=ctarget, parent=parent_col))
+        insert_children.append(sql.SQL(
+            "c{n} AS (INSERT INTO {ctarget} ({cols}) SELECT {cols} FROM pg_temp.{cstage}"
+            " WHERE {parent} IN (SELECT k FROM parents))"
+        ).format(n=sql.SQL(str(n)), ctarget=ctarget, cols=_ids([*ccols, VERSION_COLUMN]),
+                 cstage=sql.Identifier(cstage), parent=parent_col))
+        child_sql.append(ChildSql(child, cstage, (*ccols, VERSION_COLUMN, SEQ_COLUMN)))
         child_deletes.append(sql.SQL(
-            ", gone_{n} AS (DELETE FROM {ctarget} c WHERE c.{parent} = ANY(ARRAY(SELECT k FROM d)))"
+            ", gone_{n} AS (DELETE FROM {ctarget} c USING unnest(ARRAY(SELECT k FROM d))"
+            " AS u(k) WHERE c.{parent} = u.k)"
         ).format(n=sql.SQL(str(n)), ctarget=ctarget, parent=parent_col))
 
     delete = sql.SQL(
@@ -183,7 +196,8 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
         " (SELECT tb.version FROM {ctl} tb WHERE tb.table_name = $1 AND tb.key = x.k))"
         " AS stored FROM pg_temp.{dels} x WHERE x.t = {idx}),"
         " d AS (SELECT k, v FROM c WHERE stored IS NULL OR v > stored OR (v = stored AND s)),"
-        " gone AS (DELETE FROM {target} r WHERE r.{k} = ANY(ARRAY(SELECT k FROM d)))"
+        " gone AS (DELETE FROM {target} r USING unnest(ARRAY(SELECT k FROM d)) AS u(k)"
+        " WHERE r.{k} = u.k)"
         "{child_deletes},"
         " tomb AS (INSERT INTO {ctl} (table_name, key, version) SELECT $1, k, v FROM d"
         " ON CONFLICT (table_name, key) DO UPDATE SET version = EXCLUDED.version)"
@@ -205,6 +219,13 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
     return NamespaceSql(
         index=index, root=root, stage=stage,
         stage_columns=(*data_cols, VERSION_COLUMN, STREAM_COLUMN, SEQ_COLUMN),
+        target_columns=(*data_cols, VERSION_COLUMN),
         upsert=_q(upsert), delete=_q(delete), children=tuple(child_sql), stage_ddl=ddl,
         drop_staged=_q(drop_staged),
+        drop_children=_q(_children_statement(index, drop_children)),
+        insert_children=_q(_children_statement(index, insert_children)),
+        count_tombstones=_q(sql.SQL(
+            "SELECT count(*) FROM unnest($2::bytea[]) AS u(k) WHERE (SELECT true FROM {} tb"
+            " WHERE tb.table_name = $1 AND tb.key = u.k)"
+        ).format(ctl)),
     )

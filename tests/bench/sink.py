@@ -1,19 +1,23 @@
 """Sink benchmark: ``python -m tests.bench.sink --docs N``.
 
 Starts its own throwaway PostgreSQL, builds realistic ~1 KB nested documents as raw BSON
-(outside the timed regions), and measures, in the same run:
+(outside the timed regions), and measures, in document mode and in column mode (typed
+columns + a child table of line items), in the same run:
 
-* **backfill inserts** — ``Sink.apply`` of backfill batches into an empty table, against
-  **C_sink**: binary COPY of exactly the rows the sink writes (mapped beforehand) into a
-  table with the same DDL, same batch size, one transaction per batch;
+* **backfill inserts** — ``Sink.apply`` of backfill batches into empty tables, against
+  **C_sink**: binary COPY of exactly the rows the sink writes (mapped beforehand) into
+  tables with the same DDL, same batch size, one transaction per batch;
 * **change batches** — stream batches (updates, hot-key repeats, inserts, deletes, a
   checkpoint each) against **C_merge**: COPY of the same net changes into staging, then
-  one plain upsert and one plain delete per batch (no version guard, no tombstones);
+  one plain upsert and one plain delete per batch and table (child tables: delete the
+  changed parents' rows, insert the new ones); no version guard, no tombstones;
 * rows per CPU-second of this process (``time.process_time``) while applying, in total
   and without the mapping's share (the mapping is timed alone on the same documents).
 
-Ratios are ceiling time / sink time for the same rows. Absolute numbers are printed
-beside them; the machine is shared, so compare ratios, not runs.
+"rows" counts every row written (a column-mode order is 1 root + 6 child rows; a
+delete counts its keys). Ratios are ceiling time / sink time for the same rows.
+Absolute numbers are printed beside them; the machine is shared, so compare ratios,
+not runs.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import argparse
 import datetime
 import random
 import time
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -30,17 +33,40 @@ import asyncpg
 import bson
 import psycopg
 from bson import ObjectId
+from psycopg import sql
 
 from cdc.batch import Batch, Change, Checkpoint, Op, Origin
-from cdc.mapping import Mapper, MappingConfig, TableShape, resolve
+from cdc.mapping import (
+    ChildRule,
+    ColumnRule,
+    Mapper,
+    MappingConfig,
+    MappingRule,
+    TableShape,
+    resolve,
+)
 from cdc.sink import Sink
 from cdc.sink.ddl import create_table_sql
 from cdc.sink.sink import asyncpg_params
 from cdc.types import Namespace
 from ops.pgtemp import TempPostgres
 
-NS = Namespace("bench", "orders")
+NS_DOC = Namespace("bench", "orders_doc")
+NS_COL = Namespace("bench", "orders_col")
 CONTROL = "mongo2pg"
+MAPPING = MappingConfig(rules=(MappingRule(
+    namespace=str(NS_COL), mode="column",
+    columns=(ColumnRule("orderNo", "bigint"), ColumnRule("status", "text"),
+             ColumnRule("created", "timestamptz"), ColumnRule("customer.name", "text"),
+             ColumnRule("total", "double precision")),
+    children=(ChildRule("items", "orders_col_items",
+                        columns=(ColumnRule("sku", "text"), ColumnRule("qty", "integer"),
+                                 ColumnRule("price", "double precision"))),),
+),))
+
+
+def mapper_for(ns: Namespace) -> Mapper:
+    return resolve(MAPPING, ns)
 
 
 def make_doc(i: int, rnd: random.Random, revision: int = 0) -> dict[str, Any]:
@@ -74,40 +100,48 @@ def id_bson_of(i: int) -> bytes:
 
 
 class Scenario:
-    """The changes of one scenario and, per batch, the net rows a perfect merge writes."""
+    """The changes of one scenario and, per batch and table, the net rows a perfect merge
+    writes (root rows to upsert, child rows to insert, keys to delete)."""
 
     def __init__(self, batches: list[Batch], mapper: Mapper) -> None:
         self.batches = batches
-        self.upserts: list[list[tuple[Any, ...]]] = []
+        self.shapes = mapper.tables()
+        self.rows: list[dict[str, list[tuple[Any, ...]]]] = []
         self.deletes: list[list[bytes]] = []
+        self.parents: list[list[bytes]] = []
         for batch in batches:
             net: dict[bytes, Change] = {}
             for c in batch.changes:
                 net[c.id_bson] = c  # versions only grow in these batches: last wins
-            ups, dels = [], []
+            rows: dict[str, list[tuple[Any, ...]]] = {t.name: [] for t in self.shapes}
+            dels, parents = [], []
             for c in net.values():
                 if c.op is Op.DELETE:
                     dels.append(mapper.map_key(c.id_bson))
-                else:
-                    assert c.doc is not None
-                    (row,) = mapper.map_document(c.doc).rows[NS.coll]
-                    ups.append((*row, c.version))
-            self.upserts.append(ups)
+                    continue
+                assert c.doc is not None
+                mapped = mapper.map_document(c.doc)
+                parents.append(mapped.key)
+                for table, table_rows in mapped.rows.items():
+                    rows[table].extend((*r, c.version) for r in table_rows)
+            self.rows.append(rows)
             self.deletes.append(dels)
+            self.parents.append(parents)
 
     @property
     def net_rows(self) -> int:
-        return sum(map(len, self.upserts)) + sum(map(len, self.deletes))
+        return sum(len(r) for b in self.rows for r in b.values()) + sum(map(len, self.deletes))
 
 
-def backfill_batches(n: int, size: int, rnd: random.Random) -> list[Batch]:
+def backfill_batches(ns: Namespace, n: int, size: int, rnd: random.Random) -> list[Batch]:
     version = 1 << 32
-    changes = [Change(NS, id_bson_of(i), version, Op.UPSERT,
+    changes = [Change(ns, id_bson_of(i), version, Op.UPSERT,
                       bson.encode(make_doc(i, rnd)), Origin.BACKFILL) for i in range(n)]
     return [Batch(changes[a:a + size]) for a in range(0, n, size)]
 
 
-def change_batches(n: int, count: int, size: int, rnd: random.Random) -> list[Batch]:
+def change_batches(ns: Namespace, n: int, count: int, size: int, rnd: random.Random
+                   ) -> list[Batch]:
     """``count`` stream changes over ``n`` existing documents: 75% updates (a fifth of
     them on 50 hot documents), 12.5% inserts of new documents, 12.5% deletes."""
     version = 2 << 32
@@ -129,153 +163,195 @@ def change_batches(n: int, count: int, size: int, rnd: random.Random) -> list[Ba
             i = alive[rnd.randrange(50)] if dice > 0.85 else rnd.choice(alive)
             op = Op.UPSERT
         doc = bson.encode(make_doc(i, rnd, seq)) if op is Op.UPSERT else None
-        changes.append(Change(NS, id_bson_of(i), version, op, doc, Origin.STREAM))
+        changes.append(Change(ns, id_bson_of(i), version, op, doc, Origin.STREAM))
     return [
-        Batch(changes[a:a + size], Checkpoint("bench", b"token", changes[-1].version))
+        Batch(changes[a:a + size], Checkpoint(f"bench-{ns.coll}", b"token",
+                                              changes[min(a + size, len(changes)) - 1].version))
         for a in range(0, len(changes), size)
     ]
 
 
-async def run_sink(dsn: str, batches: list[Batch], mapper_for: Callable[[Namespace], Mapper],
-                   ) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds, rows applied) of applying ``batches``."""
+async def run_sink(dsn: str, batches: list[Batch]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of applying ``batches``."""
     sink = await Sink.open(dsn, CONTROL, mapper_for)
     try:
         await sink.apply(Batch([]))
-        applied = 0
         wall, cpu = time.perf_counter(), time.process_time()
         for batch in batches:
-            result = await sink.apply(batch)
-            applied += result.total("applied")
-        return time.perf_counter() - wall, time.process_time() - cpu, applied
+            await sink.apply(batch)
+        return time.perf_counter() - wall, time.process_time() - cpu
     finally:
         await sink.close()
 
 
-def clone_shape(shape: TableShape, name: str) -> TableShape:
-    return TableShape("ceiling", name, shape.columns, shape.key_columns, shape.parent)
+def clone(shape: TableShape, suffix: str) -> TableShape:
+    return TableShape("ceiling", f"{shape.name}_{suffix}", shape.columns, shape.key_columns,
+                      shape.parent)
 
 
-def create_clone(dsn: str, shape: TableShape) -> None:
+def create_clones(dsn: str, shapes: tuple[TableShape, ...]) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA IF NOT EXISTS ceiling")
-        conn.execute(create_table_sql(shape))
+        for shape in shapes:
+            conn.execute(create_table_sql(shape))
 
 
 def columns_of(shape: TableShape) -> list[str]:
     return [*(c.name for c in shape.columns), "_m2p_version"]
 
 
-async def ceiling_copy(dsn: str, shape: TableShape, batches: list[list[tuple[Any, ...]]],
-                       ) -> float:
+async def ceiling_copy(dsn: str, shapes: tuple[TableShape, ...], scenario: Scenario) -> float:
+    """C_sink: COPY exactly the rows the sink writes, batch by batch."""
     conn = await asyncpg.connect(**asyncpg_params(dsn))
     try:
         start = time.perf_counter()
-        for rows in batches:
+        for rows in scenario.rows:
             async with conn.transaction():
-                await conn.copy_records_to_table(shape.name, schema_name=shape.schema,
-                                                 records=rows, columns=columns_of(shape))
+                for shape, source in zip(shapes, scenario.shapes, strict=True):
+                    if rows[source.name]:
+                        await conn.copy_records_to_table(
+                            shape.name, schema_name=shape.schema, records=rows[source.name],
+                            columns=columns_of(shape))
         return time.perf_counter() - start
     finally:
         await conn.close()
 
 
-async def ceiling_merge(dsn: str, shape: TableShape, scenario: Scenario) -> float:
-    cols = columns_of(shape)
-    key = shape.key_columns[0]
-    target = f'"{shape.schema}"."{shape.name}"'
-    col_list = ", ".join(f'"{c}"' for c in cols)
-    sets = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in cols if c != key)
-    types = ", ".join(f'"{c.name}" {c.pg_type}' for c in shape.columns)
+async def ceiling_merge(dsn: str, shapes: tuple[TableShape, ...], scenario: Scenario) -> float:
+    """C_merge: COPY the net changes into staging, one upsert and one delete per table."""
+    statements: list[tuple[str, str, list[str], str, str]] = []
     conn = await asyncpg.connect(**asyncpg_params(dsn))
     try:
-        await conn.execute(
-            f"CREATE TEMP TABLE up_stage ({types}, _m2p_version bigint) ON COMMIT DELETE ROWS;"
-            " CREATE TEMP TABLE del_stage (k bytea) ON COMMIT DELETE ROWS")
-        upsert = (f"INSERT INTO {target} ({col_list}) SELECT {col_list} FROM up_stage"
-                  f' ON CONFLICT ("{key}") DO UPDATE SET {sets}')
-        delete = f'DELETE FROM {target} t USING del_stage d WHERE t."{key}" = d.k'
+        for n, shape in enumerate(shapes):
+            cols = columns_of(shape)
+            target = sql.Identifier(shape.schema, shape.name)
+            col_list = sql.SQL(", ").join(map(sql.Identifier, cols))
+            key = sql.Identifier(shape.key_columns[0])
+            stage = f"stage_{n}"
+            await conn.execute(sql.SQL(
+                "CREATE TEMP TABLE {} ({}, _m2p_version bigint) ON COMMIT DELETE ROWS").format(
+                sql.Identifier(stage),
+                sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name),
+                                                          sql.SQL(c.pg_type))
+                                   for c in shape.columns)).as_string(None))
+            if shape.parent is None:
+                sets = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c))
+                                          for c in cols if c != shape.key_columns[0])
+                write_sql = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({})"
+                                " DO UPDATE SET {}").format(target, col_list, col_list,
+                                                            sql.Identifier(stage), key, sets)
+                delete_sql = sql.SQL("DELETE FROM {} t USING unnest($1::bytea[]) AS d(k)"
+                                 " WHERE t.{} = d.k").format(target, key)
+            else:
+                write_sql = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+                    target, col_list, col_list, sql.Identifier(stage))
+                delete_sql = sql.SQL("DELETE FROM {} t USING unnest($1::bytea[]) AS d(k)"
+                                 " WHERE t.{} = d.k").format(target, key)
+            statements.append((stage, shape.name, cols, write_sql.as_string(None),
+                               delete_sql.as_string(None)))
         start = time.perf_counter()
-        for ups, dels in zip(scenario.upserts, scenario.deletes, strict=True):
+        for rows, dels, parents in zip(scenario.rows, scenario.deletes, scenario.parents,
+                                       strict=True):
             async with conn.transaction():
-                await conn.copy_records_to_table("up_stage", records=ups, columns=cols)
-                await conn.execute(upsert)
-                if dels:
-                    await conn.copy_records_to_table("del_stage", records=[(k,) for k in dels])
-                    await conn.execute(delete)
+                for (stage, _name, cols, write, delete), source in zip(
+                        statements, scenario.shapes, strict=True):
+                    if source.parent is None:
+                        await conn.copy_records_to_table(stage, records=rows[source.name],
+                                                         columns=cols)
+                        await conn.execute(write)
+                        if dels:
+                            await conn.execute(delete, dels)
+                    else:
+                        await conn.execute(delete, dels + parents)
+                        await conn.copy_records_to_table(stage, records=rows[source.name],
+                                                         columns=cols)
+                        await conn.execute(write)
         return time.perf_counter() - start
     finally:
         await conn.close()
 
 
 def mapping_cpu(batches: list[Batch], mapper: Mapper) -> float:
-    start = time.process_time()
+    """CPU seconds the mapping alone takes on the documents the sink maps (the last
+    change per document and batch)."""
+    docs: list[bytes] = []
     for batch in batches:
-        for c in batch.changes:
-            if c.doc is not None:
-                mapper.map_document(c.doc)
+        net = {c.id_bson: c for c in batch.changes}
+        docs.extend(c.doc for c in net.values() if c.doc is not None)
+    start = time.process_time()
+    for doc in docs:
+        mapper.map_document(doc)
     return time.process_time() - start
 
 
+class Measured:
+    def __init__(self, name: str, rows: int, wall: float, cpu: float, map_cpu: float,
+                 ceiling_name: str, ceiling: float, target: float) -> None:
+        self.name, self.rows, self.wall, self.cpu, self.map_cpu = name, rows, wall, cpu, map_cpu
+        self.ceiling_name, self.ceiling, self.target = ceiling_name, ceiling, target
+
+
+def measure_mode(dsn: str, ns: Namespace, args: argparse.Namespace) -> list[Measured]:
+    rnd = random.Random(args.seed)
+    mapper = mapper_for(ns)
+    backfill = Scenario(backfill_batches(ns, args.docs, args.batch, rnd), mapper)
+    changes = Scenario(change_batches(ns, args.docs, args.changes or args.docs, args.batch,
+                                      rnd), mapper)
+    shapes = mapper.tables()
+    bf_wall, bf_cpu = anyio.run(run_sink, dsn, backfill.batches)
+    bf_map = mapping_cpu(backfill.batches, mapper)
+    copy_shapes = tuple(clone(s, "c_sink") for s in shapes)
+    create_clones(dsn, copy_shapes)
+    c_sink = anyio.run(ceiling_copy, dsn, copy_shapes, backfill)
+
+    merge_shapes = tuple(clone(s, "c_merge") for s in shapes)
+    create_clones(dsn, merge_shapes)
+    anyio.run(ceiling_copy, dsn, merge_shapes, backfill)  # the same starting rows
+    ch_wall, ch_cpu = anyio.run(run_sink, dsn, changes.batches)
+    ch_map = mapping_cpu(changes.batches, mapper)
+    c_merge = anyio.run(ceiling_merge, dsn, merge_shapes, changes)
+    return [
+        Measured("backfill inserts", backfill.net_rows, bf_wall, bf_cpu, bf_map, "C_sink",
+                 c_sink, 0.50),
+        Measured("change batches", changes.net_rows, ch_wall, ch_cpu, ch_map, "C_merge",
+                 c_merge, 0.60),
+    ]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--docs", type=int, default=100_000)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--docs", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=5_000)
     parser.add_argument("--changes", type=int, default=0,
                         help="stream changes (default: the number of documents)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    rnd = random.Random(args.seed)
-    mapper = resolve(MappingConfig(), NS)
-
-    def mapper_for(ns: Namespace) -> Mapper:
-        return resolve(MappingConfig(), ns)
-
-    print(f"building {args.docs} documents ...", flush=True)
-    backfill = Scenario(backfill_batches(args.docs, args.batch, rnd), mapper)
-    changes = Scenario(change_batches(args.docs, args.changes or args.docs, args.batch, rnd),
-                       mapper)
-    avg = sum(len(c.doc or b"") for b in backfill.batches for c in b.changes) / args.docs
-    shape = mapper.tables()[0]
+    sample = bson.encode(make_doc(1, random.Random(args.seed)))
     pg = TempPostgres()
     dsn = pg.start()
     try:
-        bf_wall, bf_cpu, _ = anyio.run(run_sink, dsn, backfill.batches, mapper_for)
-        bf_map = mapping_cpu(backfill.batches, mapper)
-        copy_shape = clone_shape(shape, "c_sink")
-        create_clone(dsn, copy_shape)
-        c_sink = anyio.run(ceiling_copy, dsn, copy_shape, backfill.upserts)
-
-        merge_shape = clone_shape(shape, "c_merge")
-        create_clone(dsn, merge_shape)
-        anyio.run(ceiling_copy, dsn, merge_shape, backfill.upserts)  # same starting rows
-        ch_wall, ch_cpu, _ = anyio.run(run_sink, dsn, changes.batches, mapper_for)
-        ch_map = mapping_cpu(changes.batches, mapper)
-        c_merge = anyio.run(ceiling_merge, dsn, merge_shape, changes)
+        results = [(mode, measure_mode(dsn, ns, args))
+                   for mode, ns in (("document", NS_DOC), ("column", NS_COL))]
     finally:
         pg.stop()
 
-    n_bf = backfill.net_rows
-    n_ch = changes.net_rows
-    n_in = sum(len(b.changes) for b in changes.batches)
-    print(f"\ndocument mode, {args.docs} documents of {avg:.0f} B raw BSON,"
-          f" batches of {args.batch}; change batches: {n_in} changes -> {n_ch} net rows\n")
-    head = (f"{'scenario':<18}{'rows':>8}{'sink rows/s':>13}{'ceiling':>9}"
+    print(f"\n{args.docs} documents of ~{len(sample)} B raw BSON, batches of {args.batch}"
+          f" changes; {args.changes or args.docs} stream changes\n")
+    head = (f"{'mode':<9}{'scenario':<18}{'rows':>8}{'sink rows/s':>13}{'ceiling':>9}"
             f"{'ceil rows/s':>13}{'ratio':>7}{'target':>8}{'rows/CPU-s':>12}"
             f"{'excl. map':>11}")
     print(head)
     print("-" * len(head))
-    for name, rows, wall, cpu, mapcpu, ceiling_name, ceiling, target in (
-        ("backfill inserts", n_bf, bf_wall, bf_cpu, bf_map, "C_sink", c_sink, 0.50),
-        ("change batches", n_ch, ch_wall, ch_cpu, ch_map, "C_merge", c_merge, 0.60),
-    ):
-        ratio = ceiling / wall
-        print(f"{name:<18}{rows:>8}{rows / wall:>13,.0f}{ceiling_name:>9}"
-              f"{rows / ceiling:>13,.0f}{ratio:>7.2f}{'>=' + format(target, '.2f'):>8}"
-              f"{rows / cpu:>12,.0f}{rows / max(cpu - mapcpu, 1e-9):>11,.0f}")
-    print("\nrows/CPU-s: rows per CPU-second of this process while applying (target"
-          " >= 100,000 in document mode);\n'excl. map': the same without the CPU the"
-          " mapping alone takes on these documents.")
+    for mode, measured in results:
+        for m in measured:
+            print(f"{mode:<9}{m.name:<18}{m.rows:>8}{m.rows / m.wall:>13,.0f}"
+                  f"{m.ceiling_name:>9}{m.rows / m.ceiling:>13,.0f}{m.ceiling / m.wall:>7.2f}"
+                  f"{'>=' + format(m.target, '.2f'):>8}{m.rows / m.cpu:>12,.0f}"
+                  f"{m.rows / max(m.cpu - m.map_cpu, 1e-9):>11,.0f}")
+    print("\nratio: ceiling time / sink time for the same rows. rows/CPU-s: rows per"
+          " CPU-second of this\nprocess while applying (target >= 100,000 in document"
+          " mode); 'excl. map': the same without\nthe CPU the mapping alone takes on these"
+          " documents (measured separately).")
 
 
 if __name__ == "__main__":
