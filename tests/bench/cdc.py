@@ -33,20 +33,46 @@ from typing import Any
 import anyio
 import asyncpg
 import bson
+import psycopg
 from bson.raw_bson import RawBSONDocument
 from pymongo import AsyncMongoClient, DeleteOne, UpdateOne
 
 from cdc.batch import Batch, Change, Op, Origin
 from cdc.cursor import RAW, ChangeStreamCursor, StartAt, operation_time
 from cdc.mapping.document import DocumentMapper
+from cdc.mapping.model import TableShape
 from cdc.sink import Sink
+from cdc.sink.ddl import create_table_sql
 from cdc.sink.sink import asyncpg_params
 from cdc.stream import StreamConfig, Tailer
 from cdc.types import ClusterTime, Namespace
 from ops.pgtemp import TempPostgres
-from tests.bench.sink import ceiling_copy, clone_shape, columns_of, create_clone, make_doc
+from tests.bench.sink import make_doc
 
 CONTROL = "mongo2pg"
+
+
+def clone_shape(shape: TableShape, name: str) -> TableShape:
+    return TableShape("ceiling", name, shape.columns, shape.key_columns, shape.parent)
+
+
+def create_clone(dsn: str, shape: TableShape) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS ceiling")
+        conn.execute(create_table_sql(shape))
+
+
+def columns_of(shape: TableShape) -> list[str]:
+    return [*(c.name for c in shape.columns), "_m2p_version"]
+
+
+async def copy_rows(dsn: str, shape: TableShape, rows: list[tuple[Any, ...]]) -> None:
+    conn = await asyncpg.connect(**asyncpg_params(dsn))
+    try:
+        await conn.copy_records_to_table(shape.name, schema_name=shape.schema, records=rows,
+                                         columns=columns_of(shape))
+    finally:
+        await conn.close()
 
 
 def mapper_for(ns: Namespace) -> DocumentMapper:
@@ -106,7 +132,7 @@ class Scenario:
         shape = clone_shape(mapper.tables()[0], f"c_merge_{self.kind}")
         create_clone(dsn, shape)
         if rows:
-            await ceiling_copy(dsn, shape, [rows])
+            await copy_rows(dsn, shape, rows)
 
     async def queue(self, client: AsyncMongoClient[Any]) -> set[Any]:
         """Write the events while no tailer reads; returns the touched ids."""

@@ -279,3 +279,28 @@ def test_an_unmappable_document_is_dead_lettered_and_the_stream_goes_on(
         await client.close()
 
     anyio.run(main)
+
+
+def test_post_image_mode_refetches_an_update_whose_image_is_missing(
+        mongo_uri: str, pg_dsn: str) -> None:
+    db = unique_db()
+    ns = f"{db}.c"
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        coll = client[db]["c"]
+        await client[db].create_collection("c")  # no changeStreamPreAndPostImages
+        async with open_sink(pg_dsn) as sink:
+            config = StreamConfig(batch_max_ms=50, max_await_ms=50,
+                                  full_document="whenAvailable")
+            tailer = Tailer(client=client, sink=sink, include=[ns], config=config)
+            await tailer.run_once()
+            await coll.insert_many([{"_id": i, "v": 0} for i in range(5)])
+            await coll.update_many({}, {"$set": {"v": 1}})
+            await coll.delete_one({"_id": 4})
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+        assert await differences(client, pg_dsn, [ns]) == []
+        await client.close()
+
+    anyio.run(main)
