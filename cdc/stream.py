@@ -15,8 +15,10 @@ PostgreSQL through the sink, exactly once in effect:
    an empty reply still advances the checkpoint to its ``postBatchResumeToken``.
 3. **Apply.** :func:`~cdc.batcher.to_changes` coalesces each batch to one change per
    document (versions = the event's packed cluster time; ``updateLookup`` content is
-   labelled with its event's time; a ``null`` lookup emits nothing) and the sink commits
-   the rows and the checkpoint in one transaction (DESIGN §3.3).
+   labelled with its event's time; a ``null`` lookup emits nothing, a missing post-image
+   is re-fetched by ``_id`` — :mod:`cdc.refetch`) and the sink commits the rows and the
+   checkpoint in one transaction (DESIGN §3.3). The next ``getMore`` runs while a batch
+   is applied, so reading and writing overlap.
 4. **Faults.** One read+apply step is the unit of retry (:mod:`cdc.retry`): on a
    transient error the cursor is dropped and the next attempt reopens *from the last
    committed checkpoint*, after a jittered backoff; replays are harmless (§3.1).
