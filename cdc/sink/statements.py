@@ -64,7 +64,7 @@ def stage_ddl(name: str, shape: TableShape, *, root: bool) -> str:
     cols.append(sql.SQL("{} bigint").format(sql.Identifier(VERSION_COLUMN)))
     if root:
         cols.append(sql.SQL("{} boolean").format(sql.Identifier(STREAM_COLUMN)))
-    cols.append(sql.SQL("{} int").format(sql.Identifier(SEQ_COLUMN)))
+        cols.append(sql.SQL("{} int").format(sql.Identifier(SEQ_COLUMN)))
     return _q(sql.SQL(
         "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS"
     ).format(sql.Identifier(name), sql.SQL(", ").join(cols)))
@@ -83,7 +83,7 @@ class ChildSql:
     shape: TableShape
     stage: str
     columns: tuple[str, ...]
-    """Staging columns in COPY order (the target's, then the position)."""
+    """Columns in COPY order, the same for the child table and its staging table."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +184,7 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
             " WHERE {parent} IN (SELECT k FROM parents))"
         ).format(n=sql.SQL(str(n)), ctarget=ctarget, cols=_ids([*ccols, VERSION_COLUMN]),
                  cstage=sql.Identifier(cstage), parent=parent_col))
-        child_sql.append(ChildSql(child, cstage, (*ccols, VERSION_COLUMN, SEQ_COLUMN)))
+        child_sql.append(ChildSql(child, cstage, (*ccols, VERSION_COLUMN)))
         child_deletes.append(sql.SQL(
             ", gone_{n} AS (DELETE FROM {ctarget} c USING unnest(ARRAY(SELECT k FROM d))"
             " AS u(k) WHERE c.{parent} = u.k)"
