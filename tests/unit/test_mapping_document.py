@@ -196,6 +196,14 @@ def test_subdocument_shaped_like_a_type_wrapper_is_a_mapping_error() -> None:
         _mapper().map_document(bson.encode({"_id": 1, "a": {"$oid": "not an id"}}))
 
 
+@pytest.mark.parametrize("sub", [{"$regex": "^a", "$options": "i"}, {"$uuid": "x"},
+                                 {"$oid": "x", "other": 1}, {"$in": [1, 2]}])
+def test_dollar_subdocuments_no_parser_reads_as_a_type_are_kept(sub: dict[str, Any]) -> None:
+    raw = bson.encode({"_id": 1, "saved_filter": {"name": sub}})
+    mapper = _mapper()
+    assert mapper.to_document(mapper.map_document(raw).rows) == bson.decode(raw)
+
+
 def test_keys_with_dots_dollars_and_empty_names_are_kept() -> None:
     raw = bson.encode({"_id": 1, "": 1, "a.b": 2, "$x": 3, "n": {"$y": {"": [4]}}})
     mapper = _mapper()

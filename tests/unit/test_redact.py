@@ -34,3 +34,16 @@ def test_log_records_are_redacted(formatter: logging.Formatter) -> None:
     record = logging.LogRecord("t", logging.ERROR, __file__, 1,
                                "cannot connect to %s", ("postgresql://a:b1gsecret@h/d",), None)
     assert "b1gsecret" not in formatter.format(record)
+
+
+def test_json_formatter_writes_one_object_per_line_with_fields() -> None:
+    import json
+
+    record = logging.LogRecord("cdc.stream", logging.INFO, __file__, 1, "batch applied", (),
+                               None)
+    record.fields = {"events": 3, "ns": "shop.orders"}
+    doc = json.loads(JsonFormatter().format(record))
+    assert doc["msg"] == "batch applied"
+    assert doc["level"] == "info"
+    assert doc["events"] == 3
+    assert doc["ns"] == "shop.orders"
