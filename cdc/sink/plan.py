@@ -120,10 +120,8 @@ class NamespacePlan:
         return True
 
     def root_records(self, dead: list[DeadLetter], result: ApplyResult, *,
-                     direct: bool = False, upserts: list[tuple[int, Change]] | None = None
-                     ) -> Iterator[tuple[Any, ...]]:
-        """Root rows + (version, from_stream, position) of the upserts (or of the slice
-        ``upserts`` of them), mapped on demand.
+                     direct: bool = False) -> Iterator[tuple[Any, ...]]:
+        """Root rows + (version, from_stream, position) of the upserts, mapped on demand.
 
         With ``direct``, root rows + (version,) — the target's own columns — and the
         (from_stream, position) of each row go to :attr:`direct_tails` instead, so a
@@ -133,7 +131,7 @@ class NamespacePlan:
         children = self.child_records
         spans = self._child_spans
         tails = self.direct_tails
-        for pos, change in self.upserts if upserts is None else upserts:
+        for pos, change in self.upserts:
             doc = change.doc
             if doc is None:
                 raise InvariantError(f"upsert without a document in {ns}")

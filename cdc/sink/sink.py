@@ -94,8 +94,6 @@ class _Fallback(Exception):
 
 DIRECT_PAUSE = 16
 """Batches of a namespace that skip the direct path after it had to fall back."""
-DIRECT_CHUNK = 1000
-"""Documents per chunk of the direct path when the namespace has child tables."""
 
 
 class _Known:
@@ -242,63 +240,24 @@ class Sink:
             return False
         nsql = known.sql
         taken: list[tuple[Any, ...]] = []
-        # With child tables the batch is mapped in chunks, and chunk i+1 is mapped while
-        # chunk i's child rows stream (the server parses them meanwhile); without child
-        # tables one COPY, mapping as it streams, does.
-        size = DIRECT_CHUNK if nsql.children else max(len(p.upserts), 1)
-        parts = [p.upserts[i:i + size] for i in range(0, len(p.upserts), size)]
-        gens: dict[int, Iterator[tuple[Any, ...]]] = {}
-        spans: dict[int, dict[str, tuple[int, int]]] = {}
+        source = p.root_records(dead, result, direct=True)
 
-        def lengths() -> dict[str, int]:
-            return {c.shape.name: len(p.child_records.get(c.shape.name, ()))
-                    for c in nsql.children}
-
-        def mapping(i: int) -> Iterator[tuple[Any, ...]]:
-            """Map chunk ``i``; every row lands in ``taken`` as soon as it exists."""
-            before = lengths()
-            for record in p.root_records(dead, result, direct=True, upserts=parts[i]):
+        def rows() -> Iterator[tuple[Any, ...]]:
+            for record in source:
                 taken.append(record)
                 yield record
-            after = lengths()
-            spans[i] = {t: (before[t], after[t]) for t in before}
-
-        def chunk(i: int) -> Iterator[tuple[Any, ...]]:
-            return gens.setdefault(i, mapping(i))
-
-        def child_rows(i: int, table: str, ahead: Iterator[tuple[Any, ...]] | None,
-                       every: int, into: list[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
-            rows = p.child_records.get(table, [])
-            start, end = spans[i][table]
-            for n in range(start, end):
-                if ahead is not None and n % every == 0:
-                    row = next(ahead, None)
-                    if row is not None:
-                        into.append(row)
-                yield rows[n]
 
         try:
             async with conn.transaction():  # a savepoint
-                ready: list[tuple[Any, ...]] | None = None
-                for i in range(len(parts)):
-                    await conn.copy_records_to_table(
-                        nsql.root.name, schema_name=nsql.root.schema,
-                        records=chunk(i) if ready is None else ready,
-                        columns=nsql.target_columns)
-                    ready = None
-                    if not nsql.children:
-                        continue
-                    ahead = chunk(i + 1) if i + 1 < len(parts) else None
-                    mapped: list[tuple[Any, ...]] = []
-                    every = max(sum(b - a for a, b in spans[i].values()) // size, 1)
-                    for child in nsql.children:
+                await conn.copy_records_to_table(
+                    nsql.root.name, schema_name=nsql.root.schema, records=rows(),
+                    columns=nsql.target_columns)
+                for child in nsql.children:
+                    child_rows = p.child_records.get(child.shape.name)
+                    if child_rows:
                         await conn.copy_records_to_table(
                             child.shape.name, schema_name=child.shape.schema,
-                            records=child_rows(i, child.shape.name, ahead, every, mapped),
-                            columns=child.columns)
-                    if ahead is not None:
-                        mapped.extend(ahead)  # the rest of chunk i+1
-                        ready = mapped
+                            records=child_rows, columns=child.columns)
                 if taken:
                     keys = [r[0] for r in taken]
                     if await conn.fetchval(nsql.count_tombstones, nsql.root.qualified, keys,
@@ -306,17 +265,15 @@ class Sink:
                         raise _Fallback
         except (_Fallback, asyncpg.exceptions.UniqueViolationError):
             known.direct_pause = DIRECT_PAUSE
-            for i in range(len(parts)):
-                for _ in chunk(i):  # map the rest, once
-                    pass
+            taken.extend(source)  # map the rest, once
             await conn.copy_records_to_table(
                 nsql.stage, schema_name="pg_temp", records=p.staging_records(taken),
                 columns=nsql.stage_columns)
             for child in nsql.children:
-                rows = p.children_without_losers(child.shape.name)
-                if rows:
+                child_rows = p.children_without_losers(child.shape.name)
+                if child_rows:
                     await conn.copy_records_to_table(
-                        child.stage, schema_name="pg_temp", records=rows,
+                        child.stage, schema_name="pg_temp", records=child_rows,
                         columns=child.columns)
             return True
         p.direct = True
