@@ -1,9 +1,30 @@
-"""``mongo2pg sandbox``: serve the sandbox until interrupted."""
+"""``mongo2pg sandbox``: serve the sandbox in the foreground until SIGINT/SIGTERM.
+
+Prints the connection URI once the port is bound (flushed, so a parent process can
+read it from a pipe), then serves; one signal-handling task cancels the root scope.
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
+
+import anyio
+
+from ops.sandbox import serve, uri_for
+
+
+async def _main(host: str, port: int, oplog_max_entries: int | None) -> None:
+    async with anyio.create_task_group() as tg:
+        bound = await tg.start(serve, host, port, oplog_max_entries)
+        advertised = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        print(uri_for(advertised, bound), flush=True)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                tg.cancel_scope.cancel()
+                break
 
 
 def serve_forever(args: argparse.Namespace) -> int:
-    raise NotImplementedError("the sandbox server is being built")
+    anyio.run(_main, args.host, args.port, args.oplog_max_entries, backend="asyncio")
+    return 0

@@ -1,0 +1,188 @@
+"""Cutting the event stream into batches: pure, no I/O, stepped by the tailer.
+
+:class:`Accumulator` receives decoded events in stream order and the end of every
+server reply, and knows at each moment which prefix of the stream may be applied and
+the checkpoint that goes with it:
+
+* **Source transactions stay whole.** Events carrying ``lsid`` + ``txnNumber`` are held
+  as an *open group* until an event of another transaction (or none) follows, or a reply
+  comes back empty — a committed transaction's events are all in the oplog at once, so
+  an empty reply means the group is complete. From 8.0 a shared ``clusterTime`` is no
+  transaction boundary; the session id and transaction number are. A batch is never cut
+  inside a group, so the size limit is soft by at most one group.
+* **Checkpoints are always safe resume points.** With no open group and the reply fully
+  consumed, the checkpoint is the reply's ``postBatchResumeToken`` (past everything the
+  server scanned, even with no matching event: a quiet stream keeps advancing). With an
+  open group it is the token of the last settled event.
+* **Cuts** (:meth:`Accumulator.due`): ``max_events`` settled events, the oldest pending
+  event older than ``max_wait`` seconds, or — natural batching — a reply shorter than
+  requested, meaning the server had nothing more queued at that instant. Under load
+  replies are full and batches grow; when idle, an event is applied at once.
+
+:func:`to_changes` turns settled data events into the sink's :class:`~cdc.batch.Change`
+list: one change per document key (the last in stream order wins, which is also the
+newest state), updates whose looked-up document is ``null`` dropped (the delete that
+follows settles them), namespaces renamed or skipped through a resolver (DDL policies).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import msgspec
+
+from cdc.batch import Change, Op, Origin
+from cdc.events import ChangeEvent, Delete, Insert, Replace, TxnId, Update, id_document
+from cdc.types import ClusterTime, Namespace
+
+
+class Position(msgspec.Struct, frozen=True):
+    """A resume point: the token to resume after and the cluster time it stands for."""
+
+    token: bytes
+    cluster_time: ClusterTime
+
+
+class Pending(msgspec.Struct, frozen=True):
+    """What one flush applies: settled events and the checkpoint committed with them."""
+
+    events: list[ChangeEvent]
+    position: Position
+
+
+class Accumulator:
+    """Groups events into batches without cutting source transactions."""
+
+    def __init__(self, *, max_events: int, max_wait: float) -> None:
+        self.max_events = max_events
+        self.max_wait = max_wait
+        self._settled: list[ChangeEvent] = []
+        self._open: list[ChangeEvent] = []
+        self._open_txn: TxnId | None = None
+        self._position: Position | None = None
+        self._committed: Position | None = None
+        self._since: float | None = None
+        self._short_reply = False
+
+    @property
+    def settled(self) -> int:
+        return len(self._settled)
+
+    @property
+    def held(self) -> int:
+        """Events of a transaction group not yet known to be complete."""
+        return len(self._open)
+
+    def start_at(self, position: Position | None) -> None:
+        """Forget everything pending and continue from ``position`` (a reopened stream)."""
+        self._settled = []
+        self._open = []
+        self._open_txn = None
+        self._position = position
+        self._committed = position
+        self._since = None
+        self._short_reply = False
+
+    def add(self, event: ChangeEvent, now: float) -> None:
+        if self._since is None:
+            self._since = now
+        if event.txn is not None and event.txn == self._open_txn:
+            self._open.append(event)
+            return
+        self._close_group()
+        if event.txn is not None:
+            self._open = [event]
+            self._open_txn = event.txn
+        else:
+            self._settled.append(event)
+            self._position = Position(event.token, event.cluster_time)
+
+    def end_of_reply(self, *, count: int, requested: int, post_batch_token: bytes | None,
+                     reply_time: ClusterTime | None) -> None:
+        """Record the end of one server reply of ``count`` events (``requested`` asked)."""
+        if count == 0:
+            self._close_group()
+        self._short_reply = count < requested
+        if self._open or post_batch_token is None:
+            return
+        last = self._position.cluster_time if self._position else None
+        times = [t for t in (last, reply_time) if t is not None]
+        when = max(times) if times else ClusterTime(0, 0)
+        self._position = Position(post_batch_token, when)
+
+    def close_group(self) -> None:
+        """Treat the open transaction group as complete (e.g. a DDL event follows it)."""
+        self._close_group()
+
+    def _close_group(self) -> None:
+        if self._open:
+            self._settled.extend(self._open)
+            last = self._open[-1]
+            self._position = Position(last.token, last.cluster_time)
+            self._open = []
+            self._open_txn = None
+
+    def due(self, now: float) -> bool:
+        """Whether a flush should happen now."""
+        if len(self._settled) >= self.max_events:
+            return True
+        if self._settled and self._short_reply:
+            return True
+        if self._since is not None and now - self._since >= self.max_wait:
+            return bool(self._settled) or self._advanced()
+        # Nothing pending: a moved position (empty batch) is still worth committing.
+        return not self._settled and not self._open and self._advanced()
+
+    def _advanced(self) -> bool:
+        return self._position is not None and self._position != self._committed
+
+    def take(self) -> Pending | None:
+        """Settled events and their checkpoint; ``None`` when there is nothing to commit."""
+        if self._position is None or (not self._settled and not self._advanced()):
+            return None
+        pending = Pending(self._settled, self._position)
+        self._settled = []
+        self._since = None if not self._open else self._since
+        return pending
+
+    def committed(self, position: Position) -> None:
+        """The sink committed up to ``position``."""
+        self._committed = position
+
+
+Resolver = Callable[[Namespace], Namespace | None]
+"""Maps an event's namespace to the namespace whose table receives it, or ``None``."""
+
+
+def _identity(ns: Namespace) -> Namespace | None:
+    return ns
+
+
+def to_changes(events: Sequence[ChangeEvent], resolve: Resolver = _identity
+               ) -> tuple[list[Change], Counter[tuple[str, str]]]:
+    """The sink's changes for ``events`` (coalesced by key) and event counts by (ns, op)."""
+    latest: dict[tuple[Namespace, bytes], Change] = {}
+    counts: Counter[tuple[str, str]] = Counter()
+    for event in events:
+        if not isinstance(event, Insert | Update | Replace | Delete):
+            continue
+        target = resolve(event.ns)
+        if target is None:
+            continue
+        op_name = type(event).__name__.lower()
+        counts[(str(target), op_name)] += 1
+        version = event.cluster_time.packed
+        id_bson = id_document(event.document_key)
+        if isinstance(event, Delete):
+            change = Change(target, id_bson, version, Op.DELETE, None, Origin.STREAM)
+        elif event.full_document is None:
+            # updateLookup found nothing (deleted since): the later delete settles it.
+            continue
+        else:
+            change = Change(target, id_bson, version, Op.UPSERT, event.full_document,
+                            Origin.STREAM)
+        key = (target, id_bson)
+        latest.pop(key, None)  # re-insert so dict order is the order of last occurrence
+        latest[key] = change
+    return list(latest.values()), counts

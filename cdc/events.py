@@ -1,0 +1,257 @@
+"""Change events: a typed envelope around raw BSON, decoded once per event.
+
+A change stream reply carries events as raw BSON (``RawBSONDocument``). :func:`decode_event`
+reads only the envelope — ``operationType``, ``_id`` (the resume token), ``clusterTime``,
+``ns``, ``documentKey``, ``lsid``/``txnNumber`` — into a member of the tagged union
+:data:`ChangeEvent`; the document bodies (``fullDocument``) stay raw BSON bytes and are
+handed to the mapping untouched, so the hot path builds no Python object per field.
+
+* Data events: :class:`Insert`, :class:`Update`, :class:`Replace`, :class:`Delete`.
+* DDL events: :class:`Drop`, :class:`Rename`, :class:`DropDatabase`, :class:`Invalidate`.
+* :class:`Unknown` — any other ``operationType`` (``create``, ``createIndexes``,
+  ``modify``… with ``showExpandedEvents``, or types a newer server invents). It keeps its
+  token so the stream can move past it; the tailer counts it and logs one line.
+
+Events over 16 MiB arrive as fragments when the pipeline ends with
+``$changeStreamSplitLargeEvent`` (each fragment has ``splitEvent {fragment, of}``, a
+subset of the top-level fields and its own token). :class:`FragmentAssembler` joins
+them back into one event that carries the *last* fragment's token, so a checkpoint
+never points into the middle of an event.
+
+Resume tokens are opaque (compare for equality only) with one documented exception we
+rely on to date an empty batch: a ``_data`` KeyString starting with type byte ``0x82``
+(Timestamp) encodes the cluster time it stands for (:func:`token_cluster_time`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import bson
+import msgspec
+from bson.raw_bson import RawBSONDocument
+from bson.timestamp import Timestamp
+
+from cdc.errors import DataError
+from cdc.types import ClusterTime, Namespace
+
+
+class EventDecodeError(DataError):
+    """Raised when a change event lacks a field its operation type requires."""
+
+
+class TxnId(msgspec.Struct, frozen=True):
+    """Identity of a source transaction: events sharing it commit together."""
+
+    lsid: bytes
+    """Raw BSON of the logical session id document."""
+    txn_number: int
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="op"):
+    token: bytes
+    """Raw BSON of the event's ``_id`` (its resume token)."""
+    cluster_time: ClusterTime
+    txn: TxnId | None = None
+
+
+class Insert(_Event, frozen=True, tag="insert"):
+    ns: Namespace
+    document_key: bytes
+    """Raw BSON of ``documentKey`` (``_id`` plus shard key fields)."""
+    full_document: bytes | None
+
+
+class Update(_Event, frozen=True, tag="update"):
+    ns: Namespace
+    document_key: bytes
+    full_document: bytes | None
+    """Looked-up or post-image document; ``None`` when not requested or already gone."""
+
+
+class Replace(_Event, frozen=True, tag="replace"):
+    ns: Namespace
+    document_key: bytes
+    full_document: bytes | None
+
+
+class Delete(_Event, frozen=True, tag="delete"):
+    ns: Namespace
+    document_key: bytes
+
+
+class Drop(_Event, frozen=True, tag="drop"):
+    ns: Namespace
+
+
+class Rename(_Event, frozen=True, tag="rename"):
+    ns: Namespace
+    to: Namespace
+
+
+class DropDatabase(_Event, frozen=True, tag="dropDatabase"):
+    db: str
+
+
+class Invalidate(_Event, frozen=True, tag="invalidate"):
+    pass
+
+
+class Unknown(_Event, frozen=True, tag="unknown"):
+    operation_type: str
+
+
+ChangeEvent = (
+    Insert | Update | Replace | Delete | Drop | Rename | DropDatabase | Invalidate | Unknown
+)
+DataEvent = Insert | Update | Replace | Delete
+
+def _raw(value: Any) -> bytes:
+    if isinstance(value, RawBSONDocument):
+        return bytes(value.raw)
+    if isinstance(value, Mapping):
+        return bson.encode(value)
+    raise EventDecodeError(f"expected a document, got {type(value).__name__}")
+
+
+def _ns(value: Any) -> Namespace:
+    if not isinstance(value, Mapping) or "db" not in value or "coll" not in value:
+        raise EventDecodeError("event has no complete 'ns'")
+    return Namespace(str(value["db"]), str(value["coll"]))
+
+
+def _cluster_time(doc: Mapping[str, Any]) -> ClusterTime:
+    ts = doc.get("clusterTime")
+    if not isinstance(ts, Timestamp):
+        raise EventDecodeError("event has no 'clusterTime' timestamp")
+    return ClusterTime(ts.time, ts.inc)
+
+
+def _txn(doc: Mapping[str, Any]) -> TxnId | None:
+    lsid = doc.get("lsid")
+    number = doc.get("txnNumber")
+    if lsid is None or number is None:
+        return None
+    return TxnId(_raw(lsid), int(number))
+
+
+def _full(doc: Mapping[str, Any]) -> bytes | None:
+    value = doc.get("fullDocument")
+    return None if value is None else _raw(value)
+
+
+def decode_event(doc: Mapping[str, Any]) -> ChangeEvent:
+    """The typed envelope of one (reassembled) change event.
+
+    ``doc`` is normally a ``RawBSONDocument``: top-level fields are decoded, nested
+    documents stay raw. Raises :class:`EventDecodeError` when a required field is absent.
+    """
+    if "_id" not in doc:
+        raise EventDecodeError("event has no resume token '_id'")
+    token = _raw(doc["_id"])
+    cluster_time = _cluster_time(doc)
+    txn = _txn(doc)
+    op = doc.get("operationType")
+    if op == "insert":
+        return Insert(token=token, cluster_time=cluster_time, txn=txn, ns=_ns(doc.get("ns")),
+                      document_key=_raw(doc.get("documentKey")), full_document=_full(doc))
+    if op == "update":
+        return Update(token=token, cluster_time=cluster_time, txn=txn, ns=_ns(doc.get("ns")),
+                      document_key=_raw(doc.get("documentKey")), full_document=_full(doc))
+    if op == "replace":
+        return Replace(token=token, cluster_time=cluster_time, txn=txn, ns=_ns(doc.get("ns")),
+                       document_key=_raw(doc.get("documentKey")), full_document=_full(doc))
+    if op == "delete":
+        return Delete(token=token, cluster_time=cluster_time, txn=txn, ns=_ns(doc.get("ns")),
+                      document_key=_raw(doc.get("documentKey")))
+    if op == "drop":
+        return Drop(token=token, cluster_time=cluster_time, txn=txn, ns=_ns(doc.get("ns")))
+    if op == "rename":
+        return Rename(token=token, cluster_time=cluster_time, txn=txn, ns=_ns(doc.get("ns")),
+                      to=_ns(doc.get("to")))
+    if op == "dropDatabase":
+        ns = doc.get("ns")
+        if not isinstance(ns, Mapping) or "db" not in ns:
+            raise EventDecodeError("dropDatabase event has no 'ns.db'")
+        return DropDatabase(token=token, cluster_time=cluster_time, txn=txn, db=str(ns["db"]))
+    if op == "invalidate":
+        return Invalidate(token=token, cluster_time=cluster_time, txn=txn)
+    return Unknown(token=token, cluster_time=cluster_time, txn=txn, operation_type=str(op))
+
+
+def id_document(document_key: bytes) -> bytes:
+    """BSON ``{"_id": value}`` from a raw ``documentKey``, keeping the value's BSON type."""
+    key = RawBSONDocument(document_key)
+    if "_id" not in key:
+        raise EventDecodeError("documentKey has no '_id'")
+    return bson.encode({"_id": key["_id"]})
+
+
+def token_cluster_time(token: bytes) -> ClusterTime | None:
+    """The cluster time a resume token stands for, when its KeyString says so.
+
+    A MongoDB resume token's ``_data`` is a hex KeyString whose first value is the
+    event's cluster time: type byte ``0x82`` then the Timestamp big-endian (``t`` then
+    ``i``). Any other shape returns ``None`` (the caller falls back to the reply's
+    ``operationTime``).
+    """
+    try:
+        data = RawBSONDocument(token).get("_data")
+    except Exception:
+        return None
+    if isinstance(data, str) and len(data) >= 18 and data[:2].lower() == "82":
+        try:
+            t = int(data[2:10], 16)
+            i = int(data[10:18], 16)
+        except ValueError:
+            return None
+        return ClusterTime(t, i)
+    return None
+
+
+class FragmentAssembler:
+    """Joins ``$changeStreamSplitLargeEvent`` fragments back into whole events.
+
+    Feed every raw event in stream order; :meth:`feed` returns the event to decode (the
+    input itself when it is not a fragment, the joined event after the last fragment) or
+    ``None`` while fragments are outstanding. A fragment sequence that breaks off (a new
+    first fragment or a whole event arrives before the last one) is discarded: resuming
+    from the last checkpoint delivers it again in full.
+    """
+
+    def __init__(self) -> None:
+        self._parts: dict[str, Any] = {}
+        self._expected = 0
+        self._seen = 0
+
+    @property
+    def pending(self) -> bool:
+        return self._seen > 0
+
+    def reset(self) -> None:
+        self._parts = {}
+        self._expected = 0
+        self._seen = 0
+
+    def feed(self, doc: RawBSONDocument) -> RawBSONDocument | None:
+        split = doc.get("splitEvent")
+        if split is None:
+            self.reset()
+            return doc
+        fragment = int(split["fragment"])
+        of = int(split["of"])
+        if fragment == 1 or fragment != self._seen + 1 or of != self._expected:
+            self.reset()
+            if fragment != 1:
+                return None
+            self._expected = of
+        self._seen = fragment
+        for name, value in doc.items():
+            if name != "splitEvent":
+                self._parts[name] = value  # later fragments' _id (token) wins
+        if fragment < of:
+            return None
+        joined = RawBSONDocument(bson.encode(self._parts))
+        self.reset()
+        return joined

@@ -1,0 +1,253 @@
+"""The PostgreSQL sink: applies batches with exactly-once effect (DESIGN §3.1, §3.3, §3.4).
+
+:class:`Sink` owns an asyncpg pool (the data plane) and one psycopg connection (the
+control plane: migrations and target DDL). ``apply`` runs one transaction per batch:
+
+1. plan (pure, :mod:`cdc.sink.plan`): coalesce, map, collect dead letters;
+2. make sure the namespace's tables exist (first sight of a namespace or a grown layout
+   runs :func:`cdc.sink.ddl.ensure_tables`, then the result is cached);
+3. take a transaction-scoped advisory lock per root table, sorted by lock key —
+   *shared* when the batch only upserts the table, *exclusive* when it deletes from it.
+   Upserts race safely through ``ON CONFLICT`` row locks; a delete's "no row and no newer
+   tombstone" test is a snapshot read, so it must not overlap a concurrent upsert of the
+   same table (otherwise a backfill row could land beside a fresh tombstone);
+4. COPY (binary) the net rows into the staging tables, run the delete, upsert and child
+   statements of :mod:`cdc.sink.statements`, COPY dead letters, upsert the checkpoint
+   (never backwards) and mark the backfill chunk done — then commit.
+
+Connection loss, serialization failures and deadlocks surface as
+:class:`~cdc.errors.TargetUnavailable`; the transaction is then rolled back as a whole,
+so a retry of the same batch is exact.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import psycopg
+from psycopg import sql
+
+from cdc.batch import Batch, Checkpoint, Op
+from cdc.errors import InvariantError, TargetUnavailable, is_retriable
+from cdc.mapping.model import Mapper, TableShape
+from cdc.sink import ddl, statements
+from cdc.sink.migrations import LOCK_SPACE, migrate
+from cdc.sink.plan import ApplyResult, NamespacePlan, plan_batch
+from cdc.types import Namespace
+
+MapperFor = Callable[[Namespace], Mapper]
+
+
+def asyncpg_params(dsn: str) -> dict[str, Any]:
+    """asyncpg connect arguments for a libpq DSN (URL or ``key=value`` form)."""
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    params: dict[str, Any] = {}
+    for ours, theirs in (("host", "host"), ("port", "port"), ("user", "user"),
+                         ("password", "password"), ("dbname", "database"),
+                         ("sslmode", "ssl")):
+        if info.get(ours) is not None:
+            params[theirs] = int(str(info[ours])) if ours == "port" else info[ours]
+    settings = {"client_min_messages": "warning"}
+    if info.get("application_name"):
+        settings["application_name"] = str(info["application_name"])
+    params["server_settings"] = settings
+    return params
+
+
+def _lock_key(qualified: str) -> int:
+    """Stable signed 32-bit key of a table's write lock (crc32; collisions only serialise)."""
+    value = zlib.crc32(f"sink:{qualified}".encode())
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+class _Known:
+    """What the sink has ensured for one namespace."""
+
+    __slots__ = ("mapper", "shapes", "sql")
+
+    def __init__(self, mapper: Mapper, shapes: tuple[TableShape, ...],
+                 nsql: statements.NamespaceSql) -> None:
+        self.mapper = mapper
+        self.shapes = shapes
+        self.sql = nsql
+
+
+class Sink:
+    """Writes batches to PostgreSQL; see the module docstring for the mechanism."""
+
+    def __init__(self, pool: asyncpg.Pool, control: psycopg.AsyncConnection[Any],
+                 control_schema: str, mapper_for: MapperFor) -> None:
+        self._pool = pool
+        self._control = control
+        self._schema = control_schema
+        self._mapper_for = mapper_for
+        self._known: dict[Namespace, _Known] = {}
+        self._next_index = 0
+        ctl = sql.Identifier(control_schema)
+        self._sql_checkpoint = sql.SQL(
+            "INSERT INTO {}.checkpoints AS c (stream, resume_token, cluster_time, updated_at)"
+            " VALUES ($1, $2, $3, now()) ON CONFLICT (stream) DO UPDATE SET"
+            " resume_token = EXCLUDED.resume_token, cluster_time = EXCLUDED.cluster_time,"
+            " updated_at = now() WHERE c.cluster_time <= EXCLUDED.cluster_time"
+        ).format(ctl).as_string(None)
+        self._sql_chunk = sql.SQL(
+            "UPDATE {}.chunks SET status = 'done', updated_at = now() WHERE id = $1"
+        ).format(ctl).as_string(None)
+        self._sql_load = sql.SQL(
+            "SELECT stream, resume_token, cluster_time FROM {}.checkpoints WHERE stream = $1"
+        ).format(ctl).as_string(None)
+
+    @classmethod
+    async def open(cls, dsn: str, control_schema: str, mapper_for: MapperFor, *,
+                   min_size: int = 1, max_size: int = 4) -> Sink:
+        """Migrate the control schema, then open the data-plane pool."""
+        try:
+            control = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        except psycopg.Error as exc:
+            _raise_if_unavailable(exc, "connecting the control plane")
+            raise
+        try:
+            await migrate(control, control_schema)
+            pool = await asyncpg.create_pool(
+                min_size=min_size, max_size=max_size, **asyncpg_params(dsn))
+        except BaseException as exc:
+            await control.close()
+            if isinstance(exc, Exception) and is_retriable(exc):
+                raise TargetUnavailable("opening the sink") from exc
+            raise
+        return cls(pool, control, control_schema, mapper_for)
+
+    async def close(self) -> None:
+        try:
+            await self._pool.close()
+        finally:
+            await self._control.close()
+
+    async def load_checkpoint(self, stream: str) -> Checkpoint | None:
+        try:
+            row = await self._pool.fetchrow(self._sql_load, stream)
+        except Exception as exc:
+            _raise_if_unavailable(exc, f"loading checkpoint {stream!r}")
+            raise
+        if row is None:
+            return None
+        return Checkpoint(row["stream"], row["resume_token"], row["cluster_time"])
+
+    async def _ensure(self, ns: Namespace) -> _Known:
+        known = self._known.get(ns)
+        mapper = known.mapper if known is not None else self._mapper_for(ns)
+        shapes = mapper.tables()
+        if known is not None and known.shapes == shapes:
+            return known
+        try:
+            await ddl.ensure_tables(self._control, shapes)
+        except psycopg.Error as exc:
+            _raise_if_unavailable(exc, f"creating tables of {ns}")
+            raise
+        # A new index per layout: sessions may hold staging tables of an older layout.
+        nsql = statements.build(self._next_index, shapes, self._schema)
+        self._next_index += 1
+        known = self._known[ns] = _Known(mapper, shapes, nsql)
+        return known
+
+    def _mapper_of(self, ns: Namespace) -> Mapper:
+        known = self._known.get(ns)
+        return known.mapper if known is not None else self._mapper_for(ns)
+
+    async def apply(self, batch: Batch) -> ApplyResult:
+        """Apply ``batch`` atomically (rows, dead letters, checkpoint, chunk)."""
+        # Ensure the layout of every namespace first so mapping uses the cached mapper.
+        for ns in sorted({c.namespace for c in batch.changes}):
+            await self._ensure(ns)
+        plan = plan_batch(batch, self._mapper_of)
+        what = _describe(batch)
+        try:
+            async with self._pool.acquire() as conn:
+                await self._write(conn, batch, plan.namespaces, plan.dead_letters,
+                                  plan.result)
+        except (InvariantError, TargetUnavailable):
+            raise
+        except Exception as exc:
+            _raise_if_unavailable(exc, f"applying {what}")
+            raise
+        return plan.result
+
+    async def _write(self, conn: Any, batch: Batch, plans: dict[Namespace, NamespacePlan],
+                     dead: list[Any], result: ApplyResult) -> None:
+        work = [(self._known[ns], p) for ns, p in sorted(plans.items())]
+        # Staging tables live for the session; created outside the transaction so a
+        # rolled-back batch does not take them away.
+        if work:
+            await conn.execute(";".join([statements.COMMON_STAGE_DDL]
+                                        + [k.sql.stage_ddl for k, _ in work]))
+        async with conn.transaction():
+            locks: dict[int, bool] = {}
+            for known, p in work:
+                key = _lock_key(known.sql.root.qualified)
+                locks[key] = locks.get(key, False) or bool(p.deletes)
+            if locks:
+                await conn.execute(";".join(
+                    f"SELECT pg_advisory_xact_lock{'' if exclusive else '_shared'}"
+                    f"({LOCK_SPACE}, {key})"
+                    for key, exclusive in sorted(locks.items())
+                ))
+            dels = [(k.sql.index, *d) for k, p in work for d in p.deletes]
+            if dels:
+                await conn.copy_records_to_table(
+                    statements.DELETES_STAGE, schema_name="pg_temp", records=dels,
+                    columns=("t", "k", "v", "s"))
+            for known, p in work:
+                nsql = known.sql
+                table = nsql.root.qualified
+                if p.deletes:
+                    n = await conn.fetchval(nsql.delete, table)
+                    counts = result.of(p.namespace, Op.DELETE)
+                    counts.applied += n
+                    counts.skipped += len(p.deletes) - n
+                if p.root_records:
+                    await conn.copy_records_to_table(
+                        nsql.stage, schema_name="pg_temp", records=p.root_records,
+                        columns=nsql.stage_columns)
+                    for child in nsql.children:
+                        rows = p.child_records.get(child.shape.name)
+                        if rows:
+                            await conn.copy_records_to_table(
+                                child.stage, schema_name="pg_temp", records=rows,
+                                columns=child.columns)
+                    n = await conn.fetchval(nsql.upsert, table)
+                    counts = result.of(p.namespace, Op.UPSERT)
+                    counts.applied += n
+                    counts.skipped += len(p.root_records) - n
+                    if n:
+                        for child in nsql.children:
+                            await conn.execute(child.statement)
+            if dead:
+                await conn.copy_records_to_table(
+                    "dead_letters", schema_name=self._schema,
+                    records=[(d.namespace, d.id_bson, d.version, d.raw, d.reason)
+                             for d in dead],
+                    columns=("namespace", "id_bson", "version", "raw", "reason"))
+            if batch.checkpoint is not None:
+                cp = batch.checkpoint
+                await conn.execute(self._sql_checkpoint, cp.stream, cp.resume_token,
+                                   cp.cluster_time)
+            if batch.chunk_id is not None:
+                status = await conn.execute(self._sql_chunk, batch.chunk_id)
+                if status != "UPDATE 1":
+                    raise InvariantError(f"backfill chunk {batch.chunk_id} does not exist")
+
+
+def _describe(batch: Batch) -> str:
+    names = sorted({str(c.namespace) for c in batch.changes})
+    shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+    return f"a batch of {len(batch.changes)} changes ({shown or 'no changes'})"
+
+
+def _raise_if_unavailable(exc: Exception, what: str) -> None:
+    """Raise :class:`TargetUnavailable` for what may pass (connection loss, serialization
+    failure, deadlock); return for anything else, which the caller re-raises as is."""
+    if is_retriable(exc):
+        raise TargetUnavailable(f"PostgreSQL unavailable while {what}") from exc

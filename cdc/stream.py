@@ -1,0 +1,488 @@
+"""The change-stream tailer: read, batch, apply with the checkpoint, resume, repeat.
+
+:class:`Tailer` keeps one change stream open on the source (deployment or database
+scope, ``$match`` on the watched namespaces; :mod:`cdc.cursor`) and applies it to
+PostgreSQL through the sink, exactly once in effect:
+
+1. **Start.** On the very first start it opens at the server's current operation time
+   and records that time in ``stream_state`` (``stream_start``) and as a token-less
+   checkpoint *before* reporting started — backfill may read a chunk only after that
+   (DESIGN §3.2). Later starts resume after the committed token (``resumeAfter``), or at
+   the committed time when no event was seen yet. ``start_fresh`` drops the old position
+   and starts at the current time (after a resync).
+2. **Batch.** Events go through :class:`~cdc.batcher.Accumulator`: source transactions
+   stay whole, batches are cut by size, age, or when the server had nothing more;
+   an empty reply still advances the checkpoint to its ``postBatchResumeToken``.
+3. **Apply.** :func:`~cdc.batcher.to_changes` coalesces each batch to one change per
+   document (versions = the event's packed cluster time; ``updateLookup`` content is
+   labelled with its event's time; a ``null`` lookup emits nothing) and the sink commits
+   the rows and the checkpoint in one transaction (DESIGN §3.3).
+4. **Faults.** One read+apply step is the unit of retry (:mod:`cdc.retry`): on a
+   transient error the cursor is dropped and the next attempt reopens *from the last
+   committed checkpoint*, after a jittered backoff; replays are harmless (§3.1).
+   Codes 286/280/260 raise :class:`~cdc.errors.HistoryLostError` — never skipped.
+
+DDL (:class:`StreamConfig.ddl`, per namespace pattern, default ``mark``; no policy ever
+deletes target data): ``ignore`` logs it; ``mark`` records it in ``stream_state``
+(``ddl:<stream>:<ns>``) and stops applying to that table; ``follow`` makes a rename's
+new name feed the old table (the stream is reopened with the new name in its filter).
+``invalidate`` (a database-scope stream after ``dropDatabase``) reopens with
+``startAfter``, so it never wedges. Events over 16 MiB are read as fragments
+(``$changeStreamSplitLargeEvent``); one that still cannot be read (``BSONObjectTooLarge``)
+is read again without its bodies, dead-lettered with its ``documentKey`` and re-fetched
+by ``_id`` from the source (labelled with its event's time, like ``updateLookup``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Literal, Protocol
+
+import anyio
+import msgspec
+from bson.raw_bson import RawBSONDocument
+from pymongo import AsyncMongoClient
+from pymongo.errors import OperationFailure
+
+from cdc import metrics
+from cdc.batch import Batch, Change, Checkpoint, Op, Origin
+from cdc.batcher import Accumulator, Position, to_changes
+from cdc.cursor import (
+    RAW,
+    UNKNOWN_STAGE_CODES,
+    ChangeStreamCursor,
+    Reply,
+    StartAt,
+    operation_time,
+)
+from cdc.errors import HistoryLostError, SourceUnavailable
+from cdc.events import (
+    Delete,
+    Drop,
+    DropDatabase,
+    FragmentAssembler,
+    Insert,
+    Invalidate,
+    Rename,
+    Replace,
+    Unknown,
+    Update,
+    decode_event,
+    id_document,
+)
+from cdc.retry import RetryPolicy, call_with_retry
+from cdc.state import StreamState
+from cdc.types import ZERO_TIME, ClusterTime, Namespace
+
+log = logging.getLogger("mongo2pg.stream")
+
+DdlPolicy = Literal["ignore", "mark", "follow"]
+TOO_LARGE_CODES = frozenset({10334, 17419})  # BSONObjectTooLarge, "too large to return"
+
+
+class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the change stream is read and applied."""
+
+    batch_max_events: int = 5000
+    """Cut a batch at this many events (soft: a source transaction is never split)."""
+    batch_max_ms: int = 200
+    """Apply an event at the latest this long after it was read."""
+    full_document: Literal["updateLookup", "whenAvailable", "required"] = "updateLookup"
+    """Where updates get their document: a lookup, or post-images (6.0+)."""
+    max_await_ms: int = 1000
+    """How long an idle ``getMore`` waits on the server for events."""
+    ddl: dict[str, DdlPolicy] = {}
+    """DDL policy per namespace pattern (``db.coll`` or ``db.*``)."""
+    ddl_default: DdlPolicy = "mark"
+    """Policy for namespaces ``ddl`` does not name."""
+    split_large_events: bool = True
+    """Append ``$changeStreamSplitLargeEvent`` (dropped if the server lacks it)."""
+    lag_interval_ms: int = 1000
+    """How often the lag gauge is refreshed from the server's operation time."""
+    retry: RetryPolicy = RetryPolicy()
+
+
+DEFAULT_CONFIG = StreamConfig()
+
+
+class SinkPort(Protocol):
+    """What the tailer needs of :mod:`cdc.sink`."""
+
+    async def apply(self, batch: Batch) -> Any: ...
+
+    async def load_checkpoint(self, stream: str) -> Checkpoint | None: ...
+
+
+def matches(patterns: list[str], ns: Namespace) -> bool:
+    return any(p == f"{ns.db}.*" or p == str(ns) for p in patterns)
+
+
+class Tailer:
+    """Tails one change stream into the sink; see the module docstring."""
+
+    def __init__(self, *, client: AsyncMongoClient[Any], sink: SinkPort, include: list[str],
+                 config: StreamConfig = DEFAULT_CONFIG, stream_name: str = "main",
+                 start_fresh: bool = False, state: StreamState | None = None) -> None:
+        for pattern in include:
+            Namespace.parse(pattern)
+        self._client = client
+        self._sink = sink
+        self._include = list(include)
+        self._config = config
+        self.stream_name = stream_name
+        self._start_fresh = start_fresh
+        self._state = state if state is not None else _state_of(sink)
+        self._acc = Accumulator(max_events=config.batch_max_events,
+                                max_wait=config.batch_max_ms / 1000)
+        self._assembler = FragmentAssembler()
+        self._cursor: ChangeStreamCursor | None = None
+        self._split = config.split_large_events
+        self._prepared = False
+        self._start: ClusterTime = ZERO_TIME
+        self._committed: Position | None = None
+        self._start_after: bytes | None = None
+        self._last_applied: ClusterTime = ZERO_TIME
+        self._marked: set[Namespace] = set()
+        self._marked_dbs: set[str] = set()
+        self._aliases: dict[Namespace, Namespace] = {}
+        self._lag_at = 0.0
+
+    # ------------------------------------------------------------------ public
+    @property
+    def last_applied(self) -> ClusterTime:
+        """Cluster time up to which every change has been applied and committed."""
+        return self._last_applied
+
+    @property
+    def start_time(self) -> ClusterTime:
+        return self._start
+
+    async def lag_seconds(self) -> float:
+        """Server's latest operation time minus the last applied cluster time (≥ 0)."""
+        now = await self._server_time()
+        lag = max(0.0, float(now.t - self._last_applied.t)) if now > self._last_applied else 0.0
+        metrics.LAG.labels(self.stream_name).set(lag)
+        return lag
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[ClusterTime]
+                  = anyio.TASK_STATUS_IGNORED) -> None:
+        """Tail until cancelled; reports the stream's start time once it is recorded."""
+        start = await call_with_retry(self._config.retry, self._prepare, self._on_retry)
+        task_status.started(start)
+        try:
+            while True:
+                await call_with_retry(self._config.retry, self._step, self._on_retry)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await self._drop_cursor()
+
+    async def run_once(self) -> int:
+        """One read+apply step (the seam tests drive); returns the events read."""
+        await self._prepare()
+        if self._cursor is None or not self._cursor.alive:
+            reply = await self._open()
+        else:
+            try:
+                reply = await self._cursor.next_batch(self._await_ms())
+            except OperationFailure as exc:
+                if (exc.code or 0) not in TOO_LARGE_CODES:
+                    raise
+                await self._skip_too_large()
+                return 1
+        count = await self._consume(reply)
+        if self._acc.due(time.monotonic()):
+            await self._flush()
+        if time.monotonic() - self._lag_at >= self._config.lag_interval_ms / 1000:
+            self._lag_at = time.monotonic()
+            await self.lag_seconds()
+        return count
+
+    async def close(self) -> None:
+        """Close the server cursor (the tailer may be run again afterwards)."""
+        await self._drop_cursor()
+
+    # ------------------------------------------------------------------ start
+    async def _prepare(self) -> ClusterTime:
+        if self._prepared:
+            return self._start
+        checkpoint = None if self._start_fresh else await self._sink.load_checkpoint(
+            self.stream_name)
+        stored_start = await self._state.stream_start(self.stream_name)
+        if checkpoint is not None:
+            at = ClusterTime.from_packed(checkpoint.cluster_time)
+            self._start = stored_start or at
+            self._last_applied = at
+            if checkpoint.resume_token is not None:
+                self._committed = Position(checkpoint.resume_token, at)
+            else:
+                self._start = at  # opened before, no event seen yet: start there again
+        elif stored_start is not None and not self._start_fresh:
+            self._start = self._last_applied = stored_start
+        else:
+            self._start = self._last_applied = await self._server_time()
+            await self._state.set_stream_start(self.stream_name, self._start)
+            # A token-less checkpoint makes the start durable before anything is read.
+            await self._sink.apply(Batch([], Checkpoint(self.stream_name, None,
+                                                        self._start.packed)))
+            log.info("change stream starts", extra={"fields": {
+                "stream": self.stream_name, "at": f"{self._start.t}.{self._start.i}"}})
+        await self._load_ddl()
+        metrics.LAST_APPLIED.labels(self.stream_name).set(self._last_applied.t)
+        self._prepared = True
+        return self._start
+
+    async def _server_time(self) -> ClusterTime:
+        reply = await self._client.admin.command("ping")
+        when = operation_time(reply)
+        if when is None:
+            raise SourceUnavailable("server reply carries no operationTime/$clusterTime")
+        return when
+
+    async def _open(self) -> Reply:
+        await self._drop_cursor()
+        if self._start_after is not None:
+            start = StartAt(start_after=self._start_after)
+        elif self._committed is not None:
+            start = StartAt(resume_after=self._committed.token)
+        else:
+            start = StartAt(at_time=self._start)
+        self._acc.start_at(self._committed)
+        self._assembler.reset()
+        while True:
+            cursor = ChangeStreamCursor(
+                self._client, patterns=self._include, extra_namespaces=list(self._aliases),
+                full_document=self._config.full_document, split_large_events=self._split,
+                batch_size=self._config.batch_max_events)
+            try:
+                reply = await cursor.open(start)
+            except OperationFailure as exc:
+                if self._split and _unknown_stage(exc):
+                    log.warning("server lacks $changeStreamSplitLargeEvent; reading without")
+                    self._split = False
+                    continue
+                raise
+            self._cursor = cursor
+            self._start_after = None
+            return reply
+
+    async def _drop_cursor(self) -> None:
+        cursor, self._cursor = self._cursor, None
+        if cursor is not None:
+            with anyio.move_on_after(2):
+                await cursor.close()
+
+    async def _step(self) -> None:
+        try:
+            await self.run_once()
+        except HistoryLostError:
+            metrics.HISTORY_LOST.labels(self.stream_name).inc()
+            log.error("change stream history lost: resync required",
+                      extra={"fields": {"stream": self.stream_name}})
+            await self._drop_cursor()
+            raise
+        except Exception:
+            await self._drop_cursor()  # the next attempt resumes from the checkpoint
+            raise
+
+    def _on_retry(self, exc: BaseException, attempt: int) -> None:
+        metrics.RETRIES.labels(self.stream_name).inc()
+        log.warning("transient failure, resuming from the last checkpoint",
+                    extra={"fields": {"stream": self.stream_name, "attempt": attempt,
+                                      "error": type(exc).__name__}})
+
+    def _await_ms(self) -> int:
+        if self._acc.settled or self._acc.held:
+            return max(1, self._config.batch_max_ms // 2)
+        return self._config.max_await_ms
+
+    # ------------------------------------------------------------------ batches
+    async def _consume(self, reply: Reply) -> int:
+        now = time.monotonic()
+        for raw in reply.events:
+            whole = self._assembler.feed(raw)
+            if whole is None:
+                continue
+            event = decode_event(whole)
+            if isinstance(event, Insert | Update | Replace | Delete):
+                self._acc.add(event, now)
+            elif isinstance(event, Unknown):
+                metrics.UNKNOWN_EVENTS.labels(event.operation_type).inc()
+                log.info("skipping change event of unhandled type",
+                         extra={"fields": {"operation": event.operation_type}})
+                self._acc.add(event, now)
+            elif isinstance(event, Invalidate):
+                metrics.DDL_EVENTS.labels("", "invalidate").inc()
+                self._acc.close_group()
+                await self._flush()
+                self._start_after = event.token
+                await self._drop_cursor()
+                return len(reply.events)
+            else:
+                if await self._ddl(event, now):
+                    await self._drop_cursor()  # reopen with the new name in the filter
+                    return len(reply.events)
+        self._acc.end_of_reply(
+            count=len(reply.events), requested=self._config.batch_max_events,
+            # A token past a partly read split event would skip its other fragments.
+            post_batch_token=None if self._assembler.pending else reply.post_batch_token,
+            reply_time=reply.time)
+        return len(reply.events)
+
+    def _resolve(self, ns: Namespace) -> Namespace | None:
+        target = self._aliases.get(ns)
+        if target is None:
+            if not matches(self._include, ns):
+                return None
+            target = ns
+        if target in self._marked or target.db in self._marked_dbs:
+            return None
+        return target
+
+    async def _flush(self) -> None:
+        pending = self._acc.take()
+        if pending is None:
+            return
+        changes, counts = to_changes(pending.events, self._resolve)
+        position = pending.position
+        batch = Batch(changes, Checkpoint(self.stream_name, position.token,
+                                          position.cluster_time.packed))
+        began = time.perf_counter()
+        await self._sink.apply(batch)
+        metrics.APPLY_DURATION.labels(self.stream_name).observe(time.perf_counter() - began)
+        metrics.BATCH_SIZE.labels(self.stream_name).observe(len(pending.events))
+        for (namespace, op), n in counts.items():
+            metrics.EVENTS_APPLIED.labels(namespace, op).inc(n)
+        self._acc.committed(position)
+        self._committed = position
+        if position.cluster_time > self._last_applied:
+            self._last_applied = position.cluster_time
+            metrics.LAST_APPLIED.labels(self.stream_name).set(self._last_applied.t)
+
+    # ------------------------------------------------------------------ DDL
+    def _policy(self, ns: Namespace) -> DdlPolicy:
+        for pattern in (str(ns), f"{ns.db}.*"):
+            if pattern in self._config.ddl:
+                return self._config.ddl[pattern]
+        return self._config.ddl_default
+
+    def _ddl_key(self, what: str) -> str:
+        return f"ddl:{self.stream_name}:{what}"
+
+    async def _load_ddl(self) -> None:
+        for value in (await self._state.with_prefix(self._ddl_key(""))).values():
+            if value.get("marked_db"):
+                self._marked_dbs.add(str(value["marked_db"]))
+            if value.get("marked"):
+                self._marked.add(Namespace.parse(str(value["marked"])))
+            if value.get("alias_from") and value.get("alias_to"):
+                self._aliases[Namespace.parse(str(value["alias_from"]))] = Namespace.parse(
+                    str(value["alias_to"]))
+
+    async def _ddl(self, event: Drop | Rename | DropDatabase, now: float) -> bool:
+        """Apply a DDL event under its policy; True when the stream must be reopened."""
+        self._acc.close_group()
+        await self._flush()  # everything before the DDL lands first
+        reopen = False
+        when = event.cluster_time.packed
+        if isinstance(event, DropDatabase):
+            policy = self._policy(Namespace(event.db, "*"))
+            metrics.DDL_EVENTS.labels(f"{event.db}.*", "dropDatabase").inc()
+            if policy == "mark":
+                self._marked_dbs.add(event.db)
+                await self._state.put(self._ddl_key(f"{event.db}.*"), {
+                    "op": "dropDatabase", "marked_db": event.db, "cluster_time": when})
+            what = event.db
+        else:
+            target = self._resolve(event.ns)
+            what = str(event.ns)
+            policy = self._policy(target or event.ns)
+            metrics.DDL_EVENTS.labels(str(target or event.ns), type(event).__name__.lower()).inc()
+            if target is not None and policy == "mark":
+                self._marked.add(target)
+                await self._state.put(self._ddl_key(str(target)), {
+                    "op": type(event).__name__.lower(), "marked": str(target),
+                    "cluster_time": when})
+            elif target is not None and policy == "follow" and isinstance(event, Rename):
+                self._aliases[event.to] = target
+                await self._state.put(self._ddl_key(str(event.to)), {
+                    "op": "rename", "alias_from": str(event.to), "alias_to": str(target),
+                    "cluster_time": when})
+                reopen = True
+        log.warning("DDL on a watched namespace", extra={"fields": {
+            "namespace": what, "operation": type(event).__name__, "policy": policy}})
+        self._acc.add(event, now)
+        await self._flush()  # checkpoint past the DDL event
+        return reopen
+
+    # ------------------------------------------------------------------ large events
+    async def _skip_too_large(self) -> None:
+        """Read past one event too large to return: dead-letter it, re-fetch by ``_id``."""
+        self._acc.close_group()
+        await self._flush()
+        await self._drop_cursor()
+        start = (StartAt(resume_after=self._committed.token) if self._committed
+                 else StartAt(at_time=self._start))
+        side = ChangeStreamCursor(
+            self._client, patterns=self._include, extra_namespaces=list(self._aliases),
+            full_document=self._config.full_document, split_large_events=False,
+            batch_size=1, strip_bodies=True)
+        try:
+            reply = await side.open(start)
+            if not reply.events:
+                reply = await side.next_batch(self._config.max_await_ms)
+        finally:
+            await side.close()
+        if not reply.events:
+            return  # nothing readable yet: the next step reopens and tries again
+        event = decode_event(reply.events[0])
+        position = Position(event.token, event.cluster_time)
+        checkpoint = Checkpoint(self.stream_name, position.token, position.cluster_time.packed)
+        target = self._resolve(event.ns) if isinstance(event, Insert | Update | Replace | Delete
+                                                       ) else None
+        if isinstance(event, Insert | Update | Replace | Delete) and target is not None:
+            id_bson = id_document(event.document_key)
+            version = event.cluster_time.packed
+            letter = await self._state.add_dead_letter(
+                namespace=str(target), id_bson=id_bson, version=version,
+                raw=bytes(reply.events[0].raw), reason="change event exceeds 16 MiB")
+            metrics.DEAD_LETTERS.labels(str(target)).inc()
+            log.warning("change event too large: dead-lettered, re-fetching by _id",
+                        extra={"fields": {"namespace": str(target)}})
+            changes: list[Change] = []
+            if isinstance(event, Delete):
+                changes.append(Change(target, id_bson, version, Op.DELETE, None, Origin.STREAM))
+            else:
+                # Like updateLookup: the current document, labelled with the event's time;
+                # gone means a later delete event settles it.
+                doc = await self._fetch(event.ns, id_bson)
+                if doc is not None:
+                    changes.append(Change(target, id_bson, version, Op.UPSERT, doc,
+                                          Origin.STREAM))
+            await self._sink.apply(Batch(changes, checkpoint))
+            await self._state.resolve_dead_letter(letter)
+        else:
+            await self._sink.apply(Batch([], checkpoint))
+        self._acc.start_at(position)
+        self._committed = position
+        if position.cluster_time > self._last_applied:
+            self._last_applied = position.cluster_time
+
+    async def _fetch(self, ns: Namespace, id_bson: bytes) -> bytes | None:
+        coll = self._client[ns.db].get_collection(ns.coll, codec_options=RAW)
+        found = await coll.find_one(RawBSONDocument(id_bson))
+        return bytes(found.raw) if found is not None else None
+
+
+def _unknown_stage(exc: OperationFailure) -> bool:
+    return (exc.code or 0) in UNKNOWN_STAGE_CODES or "SplitLargeEvent" in str(exc)
+
+
+def _state_of(sink: Any) -> StreamState:
+    """The control-schema store of ``sink`` (its DSN and schema)."""
+    dsn = getattr(sink, "dsn", None)
+    schema = getattr(sink, "control_schema", None) or getattr(sink, "schema", "mongo2pg")
+    if not isinstance(dsn, str):
+        raise TypeError("pass state= or a sink exposing .dsn and .control_schema")
+    return StreamState(dsn, str(schema))
+

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import bson
+
+from cdc.batch import Op, Origin
+from cdc.batcher import Accumulator, Position, to_changes
+from cdc.events import ChangeEvent, Delete, Drop, Insert, TxnId, Update
+from cdc.types import ClusterTime, Namespace
+
+NS = Namespace("shop", "orders")
+OTHER = Namespace("shop", "items")
+
+
+def tok(n: int) -> bytes:
+    return bson.encode({"_data": f"tok{n}"})
+
+
+def ins(n: int, key: int, txn: TxnId | None = None, ns: Namespace = NS) -> Insert:
+    return Insert(token=tok(n), cluster_time=ClusterTime(100, n), txn=txn, ns=ns,
+                  document_key=bson.encode({"_id": key}),
+                  full_document=bson.encode({"_id": key, "n": n}))
+
+
+def upd(n: int, key: int, doc: bool = True) -> Update:
+    return Update(token=tok(n), cluster_time=ClusterTime(100, n), ns=NS,
+                  document_key=bson.encode({"_id": key}),
+                  full_document=bson.encode({"_id": key, "u": n}) if doc else None)
+
+
+def dele(n: int, key: int) -> Delete:
+    return Delete(token=tok(n), cluster_time=ClusterTime(100, n), ns=NS,
+                  document_key=bson.encode({"_id": key}))
+
+
+T1 = TxnId(b"lsid-a", 1)
+T2 = TxnId(b"lsid-a", 2)
+
+
+def feed(acc: Accumulator, events: list[ChangeEvent], pbrt: int | None = None,
+         requested: int = 100) -> None:
+    for ev in events:
+        acc.add(ev, now=0.0)
+    acc.end_of_reply(count=len(events), requested=requested,
+                     post_batch_token=tok(pbrt) if pbrt is not None else None,
+                     reply_time=ClusterTime(100, pbrt) if pbrt is not None else None)
+
+
+def test_a_trailing_transaction_is_held_until_an_empty_reply_proves_it_complete() -> None:
+    acc = Accumulator(max_events=1000, max_wait=1.0)
+    acc.start_at(None)
+    feed(acc, [ins(1, 1), ins(2, 2, T1), ins(3, 3, T1)], pbrt=3, requested=3)
+    pending = acc.take()
+    assert pending is not None
+    assert [e.token for e in pending.events] == [tok(1)]
+    assert pending.position == Position(tok(1), ClusterTime(100, 1))
+    acc.committed(pending.position)
+    feed(acc, [], pbrt=9)
+    pending = acc.take()
+    assert pending is not None
+    assert [e.token for e in pending.events] == [tok(2), tok(3)]
+    assert pending.position == Position(tok(9), ClusterTime(100, 9))
+
+
+def test_a_transaction_spanning_replies_is_never_cut() -> None:
+    acc = Accumulator(max_events=2, max_wait=1.0)
+    acc.start_at(None)
+    feed(acc, [ins(1, 1, T1), ins(2, 2, T1)], pbrt=2, requested=2)
+    assert acc.take() is None
+    feed(acc, [ins(3, 3, T1), ins(4, 4, T2)], pbrt=4, requested=2)
+    pending = acc.take()
+    assert pending is not None
+    assert [e.token for e in pending.events] == [tok(1), tok(2), tok(3)]
+    assert pending.position.token == tok(3)
+    assert acc.held == 1
+
+
+def test_empty_reply_advances_the_checkpoint_without_changes() -> None:
+    acc = Accumulator(max_events=10, max_wait=1.0)
+    acc.start_at(Position(tok(1), ClusterTime(100, 1)))
+    feed(acc, [], pbrt=5)
+    assert acc.due(now=0.0)
+    pending = acc.take()
+    assert pending is not None and pending.events == []
+    assert pending.position == Position(tok(5), ClusterTime(100, 5))
+    acc.committed(pending.position)
+    feed(acc, [], pbrt=5)
+    assert not acc.due(now=0.0)
+    assert acc.take() is None
+
+
+def test_cuts_by_size_by_age_and_when_the_server_had_nothing_more() -> None:
+    acc = Accumulator(max_events=3, max_wait=0.2)
+    acc.start_at(None)
+    feed(acc, [ins(1, 1), ins(2, 2)], pbrt=2, requested=2)  # full reply: more may come
+    assert not acc.due(now=0.1)
+    assert acc.due(now=0.25)  # too old
+    acc.add(ins(3, 3), now=0.0)
+    assert acc.due(now=0.0)  # size
+    acc.take()
+    feed(acc, [ins(4, 4)], pbrt=4, requested=100)  # short reply: caught up
+    assert acc.due(now=0.0)
+
+
+def test_checkpoint_cluster_time_never_goes_backwards_on_an_empty_reply() -> None:
+    acc = Accumulator(max_events=10, max_wait=1.0)
+    acc.start_at(None)
+    feed(acc, [ins(7, 1)], pbrt=None)
+    acc.end_of_reply(count=0, requested=10, post_batch_token=tok(8),
+                     reply_time=ClusterTime(100, 2))
+    pending = acc.take()
+    assert pending is not None
+    assert pending.position.cluster_time == ClusterTime(100, 7)
+
+
+def test_changes_are_coalesced_to_the_last_state_per_key_in_stream_order() -> None:
+    events: list[ChangeEvent] = [ins(1, 1), upd(2, 1), ins(3, 2), dele(4, 1), upd(5, 2)]
+    changes, counts = to_changes(events)
+    assert [(bson.decode(c.id_bson)["_id"], c.op, c.version & 0xFFFFFFFF) for c in changes] \
+        == [(1, Op.DELETE, 4), (2, Op.UPSERT, 5)]
+    assert all(c.origin is Origin.STREAM for c in changes)
+    assert counts[("shop.orders", "insert")] == 2
+    assert counts[("shop.orders", "update")] == 2
+    assert counts[("shop.orders", "delete")] == 1
+
+
+def test_update_whose_lookup_found_nothing_emits_no_change() -> None:
+    changes, _ = to_changes([ins(1, 1), upd(2, 1, doc=False)])
+    assert len(changes) == 1
+    assert changes[0].doc == bson.encode({"_id": 1, "n": 1})
+    assert changes[0].version == ClusterTime(100, 1).packed
+
+
+def test_resolver_redirects_or_skips_namespaces_and_ddl_events_emit_nothing() -> None:
+    events: list[ChangeEvent] = [
+        ins(1, 1, ns=OTHER), ins(2, 2),
+        Drop(token=tok(3), cluster_time=ClusterTime(100, 3), ns=NS),
+    ]
+    changes, _ = to_changes(events, lambda ns: NS if ns == OTHER else None)
+    assert [c.namespace for c in changes] == [NS]
+    assert bson.decode(changes[0].id_bson) == {"_id": 1}
