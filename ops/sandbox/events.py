@@ -1,0 +1,157 @@
+"""Change events: resume tokens, the event documents and large-event splitting.
+
+A resume token is ``{_data: hex}`` where the hex spells, fixed-width, the oplog
+position it stands for — ``"82" t(8) i(8) index+1(8) fragment(4) kind(2)`` — so
+tokens of one deployment sort as their positions do (clients must still treat them
+as opaque). ``kind`` is 0 for an event or a high-water mark and 1 for an
+``invalidate``; ``fragment`` is 0 for a whole event, else the 1-based fragment of a
+split one. A high-water mark (``postBatchResumeToken`` of a stream that has scanned to
+the end of the oplog) uses index ``HIGH_WATER`` at the current cluster time, so
+resuming from it starts with the next write.
+
+:func:`build` turns one oplog entry into the event document the manual describes for
+its ``operationType`` (``_id``, ``operationType``, ``clusterTime``, ``wallTime``,
+``ns``, ``documentKey``, ``fullDocument``, ``updateDescription``,
+``fullDocumentBeforeChange``, ``lsid``/``txnNumber``, ``to``, ``operationDescription``
+…), honouring the stream's ``fullDocument`` / ``fullDocumentBeforeChange`` modes.
+:func:`split` cuts an event over 16 MiB into ``splitEvent {fragment, of}`` pieces, as
+``$changeStreamSplitLargeEvent`` does, each under the limit and with its own token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import bson
+from bson.raw_bson import RawBSONDocument
+
+from ops.sandbox.bsonkey import sort_key
+from ops.sandbox.errors import CommandError
+from ops.sandbox.oplog import Entry, Position
+from ops.sandbox.store import Store
+
+MAX_EVENT = 16 * 1024 * 1024
+HIGH_WATER = 0xFFFFFFF0
+EVENT, INVALIDATE = 0, 1
+DOC_OPS = frozenset({"insert", "update", "replace", "delete"})
+EXPANDED_OPS = frozenset({"create", "createIndexes", "dropIndexes", "modify"})
+
+
+@dataclass(frozen=True)
+class Token:
+    pos: Position
+    fragment: int = 0
+    kind: int = EVENT
+
+    def doc(self) -> dict[str, str]:
+        t, i, index = self.pos
+        return {"_data": f"82{t:08X}{i:08X}{index + 1:08X}{self.fragment:04X}{self.kind:02X}"}
+
+    @staticmethod
+    def parse(value: Any) -> Token:
+        data = value.get("_data") if isinstance(value, dict) else None
+        if not isinstance(data, str) or len(data) != 32 or not data.startswith("82"):
+            raise CommandError(260, "resume token is not one this server issued")
+        try:
+            t, i, index = int(data[2:10], 16), int(data[10:18], 16), int(data[18:26], 16) - 1
+            return Token((t, i, index), int(data[26:30], 16), int(data[30:32], 16))
+        except ValueError as exc:
+            raise CommandError(260, "malformed resume token") from exc
+
+
+@dataclass(frozen=True)
+class Options:
+    full_document: str = "default"
+    before_change: str = "off"
+    expanded: bool = False
+
+
+def _raw(value: bytes | None) -> RawBSONDocument | None:
+    return None if value is None else RawBSONDocument(value)
+
+
+def _lookup(store: Store, entry: Entry) -> RawBSONDocument | None:
+    coll = store.get(entry.db, entry.coll or "")
+    if coll is None or entry.key is None:
+        return None
+    return _raw(coll.get(sort_key(entry.key["_id"])))
+
+
+def build(entry: Entry, opts: Options, store: Store) -> dict[str, Any]:
+    """The event document for ``entry`` (token added by the caller as ``_id``)."""
+    op = entry.op
+    ev: dict[str, Any] = {"_id": Token(entry.pos).doc(), "operationType": op,
+                          "clusterTime": entry.ts, "wallTime": entry.wall}
+    if opts.expanded and entry.extra and "collectionUUID" in entry.extra:
+        ev["collectionUUID"] = entry.extra["collectionUUID"]
+    if op in DOC_OPS:
+        if op in ("insert", "replace"):
+            ev["fullDocument"] = _raw(entry.post)
+        elif op == "update" and opts.full_document == "updateLookup":
+            ev["fullDocument"] = _lookup(store, entry)
+        elif op == "update" and opts.full_document in ("whenAvailable", "required"):
+            if entry.post is None and opts.full_document == "required":
+                raise CommandError(280, "Change stream was configured to require a post-image "
+                                        "for all update events, but none was found")
+            ev["fullDocument"] = _raw(entry.post)
+        ev["ns"] = {"db": entry.db, "coll": entry.coll}
+        ev["documentKey"] = entry.key
+        if op == "update":
+            ev["updateDescription"] = entry.update
+        if opts.before_change in ("whenAvailable", "required") and op != "insert":
+            if entry.pre is None and opts.before_change == "required":
+                raise CommandError(280, "Change stream was configured to require a pre-image "
+                                        "for all update, delete and replace events, but none "
+                                        "was found")
+            ev["fullDocumentBeforeChange"] = _raw(entry.pre)
+    elif op == "dropDatabase":
+        ev["ns"] = {"db": entry.db}
+    else:
+        ev["ns"] = {"db": entry.db, "coll": entry.coll}
+        extra = entry.extra or {}
+        if op == "rename":
+            ev["to"] = extra["to"]
+        if opts.expanded and "operationDescription" in extra:
+            ev["operationDescription"] = extra["operationDescription"]
+        if opts.expanded and "stateBeforeChange" in extra:
+            ev["stateBeforeChange"] = extra["stateBeforeChange"]
+    if entry.lsid is not None:
+        ev["lsid"] = entry.lsid
+        ev["txnNumber"] = entry.txn
+    return ev
+
+
+def invalidate(entry: Entry) -> dict[str, Any]:
+    return {"_id": Token(entry.pos, 0, INVALIDATE).doc(), "operationType": "invalidate",
+            "clusterTime": entry.ts, "wallTime": entry.wall}
+
+
+def _element_size(key: str, value: Any) -> int:
+    return len(bson.encode({key: value})) - 5
+
+
+def split(event: dict[str, Any], pos: Position) -> list[tuple[Token, bytes]]:
+    """Fragments of an oversized event, in order, each with its own token."""
+    overhead = 200  # _id token + splitEvent {fragment, of} + document framing
+    groups: list[list[str]] = [[]]
+    used = overhead
+    for key, value in event.items():
+        if key == "_id":
+            continue
+        size = _element_size(key, value)
+        if size + overhead > MAX_EVENT:
+            raise CommandError(10334, f"BSONObjectTooLarge: field '{key}' of a change event "
+                                      "is too large to fit in any fragment")
+        if groups[-1] and used + size > MAX_EVENT:
+            groups.append([])
+            used = overhead
+        groups[-1].append(key)
+        used += size
+    out = []
+    for n, keys in enumerate(groups, start=1):
+        token = Token(pos, n)
+        frag = {"_id": token.doc(), **{k: event[k] for k in keys},
+                "splitEvent": {"fragment": n, "of": len(groups)}}
+        out.append((token, bson.encode(frag)))
+    return out
