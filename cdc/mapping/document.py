@@ -1,0 +1,110 @@
+"""Document mode: one row per document — the ``_id`` key columns and the document as jsonb.
+
+Every root table (document and column mode) starts with the same three key columns:
+
+* ``_key bytea`` — primary key, :func:`~cdc.mapping.keys.encode_key_value` of ``_id``
+  (memcmp order == MongoDB's ``_id`` order, so ``_id`` ranges are ``_key`` ranges);
+* ``_id text`` — ``_id`` for people: ObjectId as 24 hex digits, strings as themselves,
+  integers in decimal, anything else as relaxed Extended JSON;
+* ``_id_bson bytea`` — the BSON document ``{"_id": value}`` cut byte for byte out of the
+  source document: the exact original type, for the reverse mapping and dead letters.
+
+Document mode adds one ``jsonb`` column (``doc``) with the whole document, ``_id``
+included, as Extended JSON (relaxed by default). The hot path decodes the raw BSON once
+and encodes it with msgspec (see :mod:`cdc.mapping.ejson`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bson
+import msgspec
+from bson.int64 import Int64
+from bson.objectid import ObjectId
+
+from cdc.errors import MappingError
+from cdc.mapping.ejson import DECODE_OPTIONS, canonical_json, decode, relaxed_json, to_ejson
+from cdc.mapping.keys import encode_key_value, id_bson_from_raw
+from cdc.mapping.model import Column, MappedDocument, TableShape
+
+KEY = Column("_key", "bytea")
+ID_TEXT = Column("_id", "text", "_id")
+ID_BSON = Column("_id_bson", "bytea")
+KEY_COLUMNS = (KEY, ID_TEXT, ID_BSON)
+RESERVED = frozenset(c.name for c in KEY_COLUMNS) | {"_m2p_version"}
+
+
+def render_id(value: Any) -> str:
+    """``_id`` as readable text (not an identity: ``_key``/``_id_bson`` are)."""
+    t = type(value)
+    if t is ObjectId:
+        return str(value)
+    if t is str and "\x00" not in value:
+        return str(value)
+    if t is int or t is Int64:
+        return str(int(value))
+    if t is str:  # U+0000 cannot be stored in text: show it escaped, as JSON does
+        return msgspec.json.encode(value).decode()
+    return msgspec.json.encode(to_ejson(value, canonical=False)).decode()
+
+
+def key_parts(doc: dict[str, Any], raw: bytes) -> tuple[bytes, str, bytes]:
+    """``(_key, _id, _id_bson)`` of a decoded document and its raw bytes."""
+    try:
+        value = doc["_id"]
+    except KeyError:
+        raise MappingError("document has no _id") from None
+    return encode_key_value(value), render_id(value), id_bson_from_raw(raw)
+
+
+def decode_id(id_bson: bytes) -> Any:
+    """The ``_id`` value of a BSON ``{"_id": value}`` document."""
+    try:
+        return bson.decode(id_bson, DECODE_OPTIONS)["_id"]
+    except Exception as exc:
+        raise MappingError("malformed _id document") from exc
+
+
+class DocumentMapper:
+    """Mapper for document mode (implements :class:`cdc.mapping.model.Mapper`)."""
+
+    __slots__ = ("_canonical", "_doc_column", "_shape", "_table")
+
+    def __init__(self, schema: str, table: str, *, doc_column: str = "doc",
+                 canonical: bool = False) -> None:
+        self._table = table
+        self._doc_column = doc_column
+        self._canonical = canonical
+        self._shape = TableShape(
+            schema=schema,
+            name=table,
+            columns=(*KEY_COLUMNS, Column(doc_column, "jsonb")),
+            key_columns=(KEY.name,),
+        )
+
+    def tables(self) -> tuple[TableShape, ...]:
+        return (self._shape,)
+
+    def map_key(self, id_bson: bytes) -> bytes:
+        return encode_key_value(decode_id(id_bson))
+
+    def map_document(self, raw: bytes) -> MappedDocument:
+        doc = decode(raw)
+        key, id_text, id_bson = key_parts(doc, raw)
+        data = canonical_json(doc) if self._canonical else relaxed_json(doc, raw)
+        return MappedDocument(key, {self._table: [(key, id_text, id_bson, data.decode())]})
+
+    def to_document(self, rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, Any]:
+        """The document back from its rows (values ``bson.encode`` writes exactly)."""
+        from cdc.mapping.ejson import from_ejson
+
+        try:
+            (row,) = rows[self._table]
+        except (KeyError, ValueError) as exc:
+            raise MappingError("document mode needs exactly one root row") from exc
+        body = from_ejson(row[3])
+        if not isinstance(body, dict):
+            raise MappingError("document column does not hold a JSON object")
+        body.pop("_id", None)
+        return {"_id": decode_id(row[2]), **body}
