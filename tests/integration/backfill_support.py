@@ -16,6 +16,7 @@ from backfill.config import BackfillConfig
 from backfill.worker import Backfill
 from cdc.batch import Batch
 from cdc.cursor import operation_time
+from cdc.mapping import MappingConfig, resolve
 from cdc.mapping.model import Mapper
 from cdc.sink import Sink
 from cdc.state import StreamState
@@ -23,13 +24,12 @@ from cdc.stream import StreamConfig, Tailer
 from cdc.types import ClusterTime, Namespace
 from ops.compare import Comparison, compare_all
 from ops.sinkguard import GuardedSink
-from tests.integration.sink_support import mapper_for as _temp_mapper_for
 
 CONTROL = "m2p_ctl"
 
 
 def mapper_for(ns: Namespace) -> Mapper:
-    return _temp_mapper_for(ns)
+    return resolve(MappingConfig(), ns)
 
 
 class HookedSink:
