@@ -1,10 +1,10 @@
 """Reading one chunk from MongoDB: raw BSON batches of an ``_id`` range, and their label.
 
-Mechanism: the read runs in one session. First a tiny majority read (an empty ``$in``
-on ``_id``) fixes the label: its ``operationTime`` is a majority-committed cluster time
-no later than the snapshot of the ``find`` that follows, so every change after the label
-wins over the copied content (DESIGN §3.2); the label is never below the stream's start
-time. Then ``find`` on the chunk's range (sorted by ``_id``, hinted to ``_id_``, read
+Mechanism: the read runs in one session. First a tiny majority read (a point lookup
+of an ``_id`` nobody uses) fixes the label: its ``operationTime`` is a majority-committed
+cluster time no later than the snapshot of the ``find`` that follows, so every change
+after the label wins over the copied content (DESIGN §3.2); the label is never below the
+stream's start time. Then ``find`` on the chunk's range (sorted by ``_id``, hinted to ``_id_``, read
 concern majority) is consumed as raw batches (``find_raw_batches``): each batch is one
 ``bytes`` of concatenated documents, split here without decoding values; the ``_id`` of
 each document is sliced out of its first element (MongoDB keeps ``_id`` first), falling
@@ -26,6 +26,7 @@ from backfill.bsonorder import Bracket, bracket, range_filter
 from cdc.types import ClusterTime, Namespace
 
 _INT32 = struct.Struct("<i")
+_LABEL_PROBE = "\x00mongo2pg-read-label"
 _ID_NAME = b"_id\x00"
 # Value sizes of fixed-width BSON element types.
 _FIXED = {0x01: 8, 0x06: 0, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8,
@@ -100,7 +101,8 @@ async def read_label(client: AsyncMongoClient[Any], namespace: Namespace,
     """A majority-committed cluster time no later than what the next read will see."""
     coll = client[namespace.db].get_collection(
         namespace.coll, read_concern=ReadConcern("majority"))
-    await coll.find_one({"_id": {"$in": []}}, {"_id": 1}, session=session)
+    # A point lookup of an _id no collection uses: the cheapest majority read there is.
+    await coll.find_one({"_id": _LABEL_PROBE}, {"_id": 1}, session=session)
     ts = session.operation_time
     if ts is None:
         return floor

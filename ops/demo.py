@@ -86,34 +86,36 @@ MAKERS = {"shop.orders": _order, "shop.customers": _customer, "shop.events": _ev
           "crm.contacts": _contact}
 
 
-def load_dataset(mongo: MongoClient[Any], total: int) -> dict[str, int]:
-    """Insert ``total`` generated documents; returns the count per namespace."""
+def load_dataset(mongo: MongoClient[Any], total: int) -> dict[str, list[Any]]:
+    """Insert ``total`` generated documents; returns the ``_id`` values per namespace."""
     rnd = random.Random(7)
-    counts: dict[str, int] = {}
+    ids: dict[str, list[Any]] = {}
     for name, share in LAYOUT:
         ns = Namespace.parse(name)
         n = int(total * share)
         make = MAKERS[name]
         coll = mongo[ns.db][ns.coll]
         batch: list[RawBSONDocument] = []
+        ids[name] = []
         for i in range(n):
-            batch.append(RawBSONDocument(bson.encode(make(i, rnd))))
+            doc = make(i, rnd)
+            ids[name].append(doc["_id"])
+            batch.append(RawBSONDocument(bson.encode(doc)))
             if len(batch) == 5000:
                 coll.insert_many(batch, ordered=False)
                 batch = []
         if batch:
             coll.insert_many(batch, ordered=False)
-        counts[name] = n
-    return counts
+    return ids
 
 
 class Writer(threading.Thread):
     """Keeps changing the source: inserts, updates (nested fields, arrays), deletes."""
 
-    def __init__(self, uri: str, counts: dict[str, int], rate: float) -> None:
+    def __init__(self, uri: str, ids: dict[str, list[Any]], rate: float) -> None:
         super().__init__(daemon=True)
         self.mongo: MongoClient[dict[str, Any]] = MongoClient(uri)
-        self.counts = counts
+        self.ids = ids
         self.rate = rate
         self.stop_flag = threading.Event()
         self.inserts = self.updates = self.deletes = 0
@@ -125,7 +127,7 @@ class Writer(threading.Thread):
 
     def run(self) -> None:
         rnd = random.Random(11)
-        next_id = {name: n for name, n in self.counts.items()}
+        next_id = {name: len(ids) for name, ids in self.ids.items()}
         try:
             while not self.stop_flag.is_set():
                 start = time.monotonic()
@@ -133,23 +135,27 @@ class Writer(threading.Thread):
                 ns = Namespace.parse(name)
                 coll = self.mongo[ns.db][ns.coll]
                 action = rnd.random()
-                if action < 0.4:
+                known = self.ids[name]
+                if action < 0.4 or len(known) < 10:
                     docs = [MAKERS[name](next_id[name] + k, rnd) for k in range(5)]
                     next_id[name] += 5
                     coll.insert_many(docs)
+                    known.extend(d["_id"] for d in docs)
                     self.inserts += 5
                 elif action < 0.8:
-                    sample = list(coll.aggregate([{"$sample": {"size": 5}}]))
-                    for doc in sample:
-                        coll.update_one({"_id": doc["_id"]}, {
+                    for _ in range(5):
+                        coll.update_one({"_id": rnd.choice(known)}, {
                             "$set": {"demo.touched": rnd.randrange(1000)},
                             "$push": {"demo.history": rnd.randrange(100)}})
-                    self.updates += len(sample)
+                    self.updates += 5
                 else:
-                    sample = list(coll.aggregate([{"$sample": {"size": 3}}]))
-                    if sample:
-                        coll.delete_many({"_id": {"$in": [d["_id"] for d in sample]}})
-                    self.deletes += len(sample)
+                    victims = []
+                    for _ in range(3):
+                        k = rnd.randrange(len(known))
+                        known[k], known[-1] = known[-1], known[k]
+                        victims.append(known.pop())
+                    coll.delete_many({"_id": {"$in": victims}})
+                    self.deletes += len(victims)
                 spent = time.monotonic() - start
                 self.stop_flag.wait(max(0.0, 10 / self.rate - spent))
         except BaseException as exc:  # reported by the demo, which then fails
@@ -224,9 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sandbox (MongoDB stand-in) at {sandbox.uri}; throwaway PostgreSQL on port "
               f"{pg.port}")
         mongo: MongoClient[dict[str, Any]] = MongoClient(sandbox.uri)
-        counts = load_dataset(mongo, args.documents)
-        print(f"loaded {sum(counts.values()):,} documents in {time.monotonic() - t0:.1f}s: "
-              + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
+        ids = load_dataset(mongo, args.documents)
+        print(f"loaded {sum(len(v) for v in ids.values()):,} documents in "
+              f"{time.monotonic() - t0:.1f}s: " + ", ".join(f"{k}={len(v):,}"
+                                                           for k, v in ids.items()))
 
         port = free_port()
         config = workdir / "demo.toml"
@@ -253,7 +260,7 @@ progress = "off"
         with log_path.open("wb") as log_file:
             daemon = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
         print(f"mongo2pg run started (pid {daemon.pid}); metrics on :{port}")
-        writer = Writer(sandbox.uri, counts, args.writer_rate)
+        writer = Writer(sandbox.uri, ids, args.writer_rate)
         writer.start()
 
         backfill_done_at: float | None = None
