@@ -29,6 +29,7 @@ from psycopg import sql
 
 from backfill.bsonorder import decode_bound, encode_bound
 from backfill.planner import ChunkSpec, SizeEstimate
+from cdc.errors import TargetUnavailable
 from cdc.types import Namespace
 
 
@@ -79,8 +80,17 @@ class ChunkStore:
     async def close(self) -> None:
         await self.conn.close()
 
+    async def _exec(self, query: Any, params: Any = None) -> psycopg.AsyncCursor[Any]:
+        """Run one statement; a lost connection is reopened on the next call."""
+        if self.conn.closed and self.dsn:
+            self.conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        try:
+            return await self.conn.execute(query, params)
+        except psycopg.OperationalError as exc:
+            raise TargetUnavailable("control schema unreachable (chunk table)") from exc
+
     async def is_planned(self, namespace: Namespace) -> bool:
-        cur = await self.conn.execute(
+        cur = await self._exec(
             sql.SQL("SELECT 1 FROM {} WHERE namespace = %s LIMIT 1").format(self._t),
             (str(namespace),))
         return await cur.fetchone() is not None
@@ -134,7 +144,7 @@ class ChunkStore:
         """Forget the chunks of ``namespaces`` so they are planned and copied again."""
         if not namespaces:
             return
-        await self.conn.execute(
+        await self._exec(
             sql.SQL("DELETE FROM {} WHERE namespace = ANY(%s)").format(self._t),
             ([str(n) for n in namespaces],))
 
@@ -150,7 +160,7 @@ class ChunkStore:
             "AND (%(names)s::text[] IS NULL OR namespace = ANY(%(names)s::text[])) "
             "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) "
             "RETURNING id, namespace, seq, lower, upper, attempts").format(t=self._t)
-        cur = await self.conn.execute(
+        cur = await self._exec(
             query, {"owner": self.owner, "lease": self.lease_seconds, "names": names})
         row = await cur.fetchone()
         if row is None:
@@ -161,7 +171,7 @@ class ChunkStore:
     async def renew(self, chunk_id: int, *, docs: int, nbytes: int,
                     read_started: int | None = None) -> bool:
         """Extend the lease and record progress; False if the chunk is no longer ours."""
-        cur = await self.conn.execute(
+        cur = await self._exec(
             sql.SQL("UPDATE {} SET lease_until = now() + make_interval(secs => %s), "
                     "docs = %s, bytes = %s, read_started = COALESCE(%s, read_started), "
                     "updated_at = now() WHERE id = %s AND lease_owner = %s "
@@ -169,9 +179,14 @@ class ChunkStore:
             (self.lease_seconds, docs, nbytes, read_started, chunk_id, self.owner))
         return cur.rowcount == 1
 
+    async def exists(self, chunk_id: int) -> bool:
+        cur = await self._exec(
+            sql.SQL("SELECT 1 FROM {} WHERE id = %s").format(self._t), (chunk_id,))
+        return await cur.fetchone() is not None
+
     async def release(self, chunk_id: int) -> None:
         """Hand an unfinished chunk back to the pool (graceful stop)."""
-        await self.conn.execute(
+        await self._exec(
             sql.SQL("UPDATE {} SET status = 'pending', lease_owner = NULL, lease_until = NULL, "
                     "updated_at = now() WHERE id = %s AND lease_owner = %s "
                     "AND status = 'running'").format(self._t),
@@ -180,7 +195,7 @@ class ChunkStore:
     async def remaining(self, namespaces: Sequence[Namespace] | None = None) -> int:
         """Chunks not done yet (pending or running, in any process)."""
         names = [str(n) for n in namespaces] if namespaces is not None else None
-        cur = await self.conn.execute(
+        cur = await self._exec(
             sql.SQL("SELECT count(*) FROM {} WHERE status <> 'done' AND "
                     "(%(names)s::text[] IS NULL OR namespace = ANY(%(names)s::text[]))"
                     ).format(self._t), {"names": names})
@@ -189,7 +204,7 @@ class ChunkStore:
 
     async def status(self) -> list[NamespaceStatus]:
         """Per-namespace chunk counts, copied documents and bytes, planned estimate."""
-        cur = await self.conn.execute(
+        cur = await self._exec(
             sql.SQL("SELECT c.namespace, count(*), count(*) FILTER (WHERE c.status = 'done'), "
                     "count(*) FILTER (WHERE c.status = 'running'), COALESCE(sum(c.docs), 0), "
                     "COALESCE(sum(c.bytes), 0), "

@@ -37,6 +37,7 @@ from backfill.progress import BYTES, DOCUMENTS, ProgressTracker, export, render_
 from backfill.reader import chunk_filter, id_document, read_batches, read_label
 from backfill.throttle import Throttle
 from cdc.batch import Batch, Change, Op, Origin
+from cdc.errors import InvariantError, is_retriable
 from cdc.types import ClusterTime, Namespace
 
 log = logging.getLogger("mongo2pg.backfill")
@@ -127,14 +128,33 @@ class Backfill:
         return not self.stopping
 
     async def _worker(self, namespaces: list[Namespace]) -> None:
+        failures = 0
         while not self.stopping:
-            async with self.limiter:
-                chunk = await self.store.claim(namespaces)
+            chunk: ChunkRecord | None = None
+            try:
+                async with self.limiter:
+                    chunk = await self.store.claim(namespaces)
+                    if chunk is not None:
+                        await self.copy_chunk(chunk)
+                        failures = 0
+                        continue
+                if await self.store.remaining(namespaces) == 0:
+                    return
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                failures += 1
+                log.warning("backfill step failed; retrying", extra={"fields": {
+                    "chunk": chunk.id if chunk else None, "error": type(exc).__name__,
+                    "attempt": failures}})
                 if chunk is not None:
-                    await self.copy_chunk(chunk)
-                    continue
-            if await self.store.remaining(namespaces) == 0:
-                return
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                        try:
+                            await self.store.release(chunk.id)
+                        except Exception:  # the lease expires on its own
+                            pass
+                await anyio.sleep(min(30.0, 0.2 * 2 ** min(failures, 7)))
+                continue
             # Chunks are leased by other workers (maybe a dead process): wait, retry.
             with anyio.move_on_after(min(1.0, self.config.lease_seconds / 4)):
                 await self._stop.wait()
@@ -167,7 +187,14 @@ class Backfill:
         docs += len(pending)
         nbytes += sum(len(d) for d in pending)
         await self.store.renew(chunk.id, docs=docs, nbytes=nbytes)
-        await self._write(ns, pending, label, chunk.id)
+        try:
+            await self._write(ns, pending, label, chunk.id)
+        except InvariantError:
+            if await self.store.exists(chunk.id):
+                raise
+            # The namespace was reset for a re-copy meanwhile: its new chunks cover this.
+            log.info("chunk was replaced by a re-plan", extra={"fields": {"chunk": chunk.id}})
+            return False
         self.copied_chunks += 1
         return True
 

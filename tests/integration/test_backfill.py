@@ -168,3 +168,4 @@ async def test_targeted_rebackfill_of_ids_and_of_a_namespace_repairs_the_target(
         assert all(c[2] == "done" for c in chunk_rows(pg_dsn))
     finally:
         await client.close()
+
