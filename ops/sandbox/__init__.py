@@ -20,6 +20,7 @@ depends on it: it stands in for a real server where none is available.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,14 +30,26 @@ import anyio
 from ops.sandbox.server import BYPASS_APP_NAME, Server
 from ops.sandbox.state import SET_NAME, Sandbox
 
-__all__ = ["BYPASS_APP_NAME", "SandboxHandle", "serve", "start_sandbox"]
+__all__ = ["BYPASS_APP_NAME", "SandboxHandle", "advertised_host", "serve", "start_sandbox",
+           "uri_for"]
 
 
 async def serve(host: str, port: int, oplog_max_entries: int | None,
                 *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-    """Serve a fresh sandbox until cancelled; reports the bound port when listening."""
-    sb = Sandbox(host, port, oplog_max_entries)
+    """Serve a fresh sandbox until cancelled; reports the bound port when listening.
+
+    The replica-set member name it advertises in ``hello`` is ``host``, except that a
+    wildcard bind address advertises ``$MONGO2PG_SANDBOX_ADVERTISE`` (e.g. a compose
+    service name) or ``127.0.0.1``.
+    """
+    sb = Sandbox(advertised_host(host), port, oplog_max_entries)
     await Server(sb).serve(host, port, task_status=task_status)
+
+
+def advertised_host(host: str) -> str:
+    if host in ("", "0.0.0.0", "::"):
+        return os.environ.get("MONGO2PG_SANDBOX_ADVERTISE") or "127.0.0.1"
+    return host
 
 
 def uri_for(host: str, port: int) -> str:
@@ -95,4 +108,5 @@ def start_sandbox(port: int = 0, oplog_max_entries: int | None = None,
     thread.start()
     if not ready.wait(30) or "port" not in box:
         raise RuntimeError(f"sandbox did not start: {box.get('error')!r}")
-    return SandboxHandle(host, int(box["port"]), thread, box["loop"], box["scope"])
+    return SandboxHandle(advertised_host(host), int(box["port"]), thread, box["loop"],
+                         box["scope"])

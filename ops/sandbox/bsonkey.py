@@ -96,8 +96,4 @@ def sort_key(value: Any) -> SortKey:
     raise TypeError(f"no BSON order for {type(value).__name__}")
 
 
-def is_nan_key(key: SortKey) -> bool:
-    return bool(key[0] == _NUMBER and key[1] == 0)
-
-
-__all__ = ["SortKey", "is_nan_key", "sort_key"]
+__all__ = ["SortKey", "sort_key"]

@@ -76,6 +76,7 @@ class StreamCursor(Cursor):
         self.stages, self.split = stages, split
         self.next_seq = next_seq
         self.after = after                      # position scanned up to
+        self.floor = after                      # never report entries at or before it
         self.skip_fragments = skip_fragments
         self.pending: list[tuple[Token, bytes]] = []
         self.last_token: Token | None = None
@@ -120,6 +121,8 @@ class StreamCursor(Cursor):
         if entry is None:
             return False
         self.next_seq += 1
+        if entry.pos <= self.floor:  # e.g. startAtOperationTime in the future
+            return True
         self.after = entry.pos
         if not self.scope.sees(entry):
             return True
@@ -184,7 +187,11 @@ class StreamCursor(Cursor):
             wait = ctx.body.get("maxTimeMS")
             seconds = int(wait) / 1000 if wait else DEFAULT_AWAIT_SECONDS
             await self.sb.oplog.wait(self.next_seq, seconds)
-        return self.reply(ctx, wanted, False)
+        try:
+            return self.reply(ctx, wanted, False)
+        except CommandError:
+            ctx.sb.cursors.pop(self.id, None)  # an error ends the cursor, as on the server
+            raise
 
 
 def _start(sb: Sandbox, spec: dict[str, Any]) -> tuple[int, Position,

@@ -11,14 +11,13 @@ import signal
 
 import anyio
 
-from ops.sandbox import serve, uri_for
+from ops.sandbox import advertised_host, serve, uri_for
 
 
 async def _main(host: str, port: int, oplog_max_entries: int | None) -> None:
     async with anyio.create_task_group() as tg:
         bound = await tg.start(serve, host, port, oplog_max_entries)
-        advertised = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-        print(uri_for(advertised, bound), flush=True)
+        print(uri_for(advertised_host(host), bound), flush=True)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 tg.cancel_scope.cancel()

@@ -45,15 +45,15 @@ def coll_mod(ctx: Ctx) -> Reply:
     before = dict(coll.options)
     changes = {k: v for k, v in ctx.body.items() if k != "collMod" and k not in _OPTION_KEYS}
     coll.options.update(changes)
-    ctx.sb.ddl_event("modify", ctx.db, coll.name, extra={
-        "collectionUUID": coll.uuid, "operationDescription": changes,
+    ctx.sb.ddl_event("modify", ctx.db, coll.name, uuid=coll.uuid, extra={
+        "operationDescription": changes,
         "stateBeforeChange": {"collectionOptions": {"uuid": coll.uuid, **before}}})
     return {"ok": 1.0}
 
 
 def drop_collection(sb: Sandbox, coll: Collection) -> None:
     sb.store.drop(coll.db, coll.name)
-    sb.ddl_event("drop", coll.db, coll.name, extra={"collectionUUID": coll.uuid})
+    sb.ddl_event("drop", coll.db, coll.name, uuid=coll.uuid)
 
 
 @command("drop", write=True)
@@ -94,8 +94,8 @@ def rename_collection(ctx: Ctx) -> Reply:
     sb.store.drop(sdb, sname)
     coll.db, coll.name = tdb, tname
     sb.store.attach(coll)
-    sb.ddl_event("rename", sdb, sname, extra={
-        "to": {"db": tdb, "coll": tname}, "collectionUUID": coll.uuid,
+    sb.ddl_event("rename", sdb, sname, uuid=coll.uuid, extra={
+        "to": {"db": tdb, "coll": tname},
         "operationDescription": {"to": {"db": tdb, "coll": tname}}})
     return {"ok": 1.0}
 
@@ -120,8 +120,8 @@ def create_indexes(ctx: Ctx) -> Reply:
         coll.indexes[spec["name"]] = index
         added.append(index)
     if added:
-        ctx.sb.ddl_event("createIndexes", ctx.db, coll.name, extra={
-            "collectionUUID": coll.uuid, "operationDescription": {"indexes": added}})
+        ctx.sb.ddl_event("createIndexes", ctx.db, coll.name, uuid=coll.uuid,
+                         extra={"operationDescription": {"indexes": added}})
     return {"numIndexesBefore": before, "numIndexesAfter": len(coll.indexes),
             "createdCollectionAutomatically": not existed, "ok": 1.0}
 
@@ -160,8 +160,8 @@ def drop_indexes(ctx: Ctx) -> Reply:
             raise CommandError(27, f"index not found with name [{name}]")
         dropped.append(coll.indexes.pop(name))
     if dropped:
-        ctx.sb.ddl_event("dropIndexes", ctx.db, coll.name, extra={
-            "collectionUUID": coll.uuid, "operationDescription": {"indexes": dropped}})
+        ctx.sb.ddl_event("dropIndexes", ctx.db, coll.name, uuid=coll.uuid,
+                         extra={"operationDescription": {"indexes": dropped}})
     return {"nIndexesWas": before, "ok": 1.0}
 
 

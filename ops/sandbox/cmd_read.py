@@ -6,7 +6,8 @@ the ordered ``_id`` keys — the path the backfill's chunk reads take, served wi
 decoding documents. Other filters are still scanned in ``_id`` order with a decoded
 predicate; other sorts are materialised. ``aggregate`` runs its stages through
 mongomock's pipeline engine, except for the ones it lacks or gets wrong for us
-(``$collStats``, ``$sample``, ``$bucketAuto``); ``$changeStream`` pipelines are handed
+(``$collStats``, ``$sample``, ``$bucketAuto``, and ``$sort``, which must follow BSON
+order across types); ``$changeStream`` pipelines are handed
 to :mod:`ops.sandbox.changestream`.
 """
 
@@ -32,7 +33,8 @@ _process_pipeline: Any = mm_aggregate.process_pipeline
 
 def cursor_reply(ctx: Ctx, cursor: Cursor, size: int | None, first: bool,
                  extra: dict[str, Any] | None = None) -> Reply:
-    docs = cursor.batch(size)
+    # batchSize 0 opens the cursor without returning documents
+    docs = [] if size == 0 else cursor.batch(size)
     if cursor.exhausted:
         ctx.sb.cursors.pop(cursor.id, None)
         cursor_id = 0
@@ -217,7 +219,7 @@ def run_pipeline(ctx: Ctx, coll: Collection | None, pipeline: list[dict[str, Any
     pending: list[dict[str, Any]] = []
     for stage in [*stages, {"$end": None}]:
         name = next(iter(stage))
-        if name in ("$sample", "$bucketAuto", "$end", "$out", "$merge"):
+        if name in ("$sample", "$bucketAuto", "$sort", "$end", "$out", "$merge"):
             if pending:
                 try:
                     docs = list(_process_pipeline(docs, None, pending, None))
@@ -229,6 +231,8 @@ def run_pipeline(ctx: Ctx, coll: Collection | None, pipeline: list[dict[str, Any
                 docs = random.sample(docs, min(size, len(docs)))
             elif name == "$bucketAuto":
                 docs = _bucket_auto(docs, stage[name])
+            elif name == "$sort":
+                docs = engine.sort_docs(docs, stage[name])
             elif name in ("$out", "$merge"):
                 raise CommandError(20, f"{name} is not supported by the sandbox")
         else:

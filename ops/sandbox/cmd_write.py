@@ -12,7 +12,6 @@ reported in ``writeErrors`` and stop an ordered batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import bson
@@ -28,23 +27,29 @@ from ops.sandbox.wire import CODEC
 Match = tuple[SortKey, bytes, dict[str, Any]]
 
 
-def matches(coll: Collection | None, spec: dict[str, Any] | None) -> Iterator[Match]:
-    """Documents matching ``spec`` in ``_id`` order (over a snapshot of the keys)."""
+def matches(coll: Collection | None, spec: dict[str, Any] | None,
+            limit: int = 0) -> list[Match]:
+    """Up to ``limit`` (0: all) documents matching ``spec``, in ``_id`` order."""
+    out: list[Match] = []
     if coll is None:
-        return
+        return out
     bounds = engine.id_range(spec)
     pred = None if bounds is not None else engine.matcher(spec)
     low, low_inc, high, high_inc = bounds or (None, True, None, True)
-    start = coll.position(low, low_inc) if low is not None else 0
-    for key in coll.keys[start:]:
+    keys = coll.keys
+    for i in range(coll.position(low, low_inc) if low is not None else 0, len(keys)):
+        key = keys[i]
         if high is not None and (key > high or (not high_inc and key == high)):
-            return
+            break
         raw = coll.docs.get(key)
         if raw is None:
             continue
         doc = bson.decode(raw, CODEC)
         if pred is None or pred(doc):
-            yield key, raw, doc
+            out.append((key, raw, doc))
+            if len(out) == limit:
+                break
+    return out
 
 
 def _dup(ns: str, id_value: Any) -> CommandError:
@@ -158,7 +163,7 @@ def update(ctx: Ctx) -> Reply:
             continue
         try:
             found = 0
-            for match in list(matches(coll, q)):
+            for match in matches(coll, q, 0 if st.get("multi") else 1):
                 found += 1
                 changed, _ = update_doc(writer, coll, match, q, u, st.get("arrayFilters"))
                 modified += changed
@@ -196,7 +201,7 @@ def delete(ctx: Ctx) -> Reply:
     writer = ctx.writer
     n = 0
     for st in specs:
-        for match in list(matches(coll, st.get("q") or {})):
+        for match in matches(coll, st.get("q") or {}, 1 if st.get("limit") else 0):
             assert coll is not None
             delete_doc(writer, coll, match)
             n += 1
@@ -210,7 +215,7 @@ def find_and_modify(ctx: Ctx) -> Reply:
     body = ctx.body
     q = body.get("query") or {}
     coll = ctx.collection(create=not body.get("remove"))
-    found = list(matches(coll, q))
+    found = matches(coll, q, 0 if body.get("sort") else 1)
     if body.get("sort"):
         docs = engine.sort_docs([m[2] for m in found], body["sort"])
         by_key = {sort_key(m[2]["_id"]): m for m in found}

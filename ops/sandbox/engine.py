@@ -6,7 +6,9 @@ machinery of a scratch ``mongomock.Collection`` (``_apply_update_document`` and
 ``_apply_update_pipeline`` applied to one decoded document at a time), so the sandbox
 does not re-implement MongoDB's query language. What mongomock lacks is added here:
 ``arrayFilters`` (``$[]`` and ``$[ident]`` paths are expanded to concrete indexes
-before mongomock applies the update), the ``_id`` range recogniser that lets ``find``
+before mongomock applies the update), ``$inc``, ``$mul`` and ``$bit`` (with MongoDB's
+numeric result types: int32 op int32 stays int32 unless it overflows, int64 stays
+int64, doubles and decimals win), the ``_id`` range recogniser that lets ``find``
 scan a slice of the ordered ``_id`` index instead of every document, BSON-order sorting,
 and :func:`diff`, which turns a before/after pair into a change-stream
 ``updateDescription``.
@@ -21,6 +23,9 @@ from typing import Any
 import bson
 import mongomock
 from bson.decimal128 import Decimal128
+from bson.int64 import Int64
+from bson.max_key import MaxKey
+from bson.min_key import MinKey
 from bson.regex import Regex
 from mongomock import collection as mm_collection
 from mongomock import filtering
@@ -70,9 +75,9 @@ def _plain(value: Any) -> bool:
 def id_range(spec: Doc | None) -> tuple[SortKey | None, bool, SortKey | None, bool] | None:
     """``(low, low inclusive, high, high inclusive)`` if ``spec`` only bounds ``_id``.
 
-    Bounds compare in BSON order across types (MongoDB brackets comparisons by type;
-    the backfill only uses bounds of the ``_id`` type it is scanning, so the plain BSON
-    order is what it expects), ``None`` meaning open.
+    Bounds are sort keys in BSON order, ``None`` meaning open. As on the server,
+    comparisons are type-bracketed: ``{$gte: 5}`` matches numbers only, while MinKey and
+    MaxKey bounds span every type (the backfill's open chunk ends).
     """
     if not spec:
         return (None, True, None, True)
@@ -91,6 +96,13 @@ def id_range(spec: Doc | None) -> tuple[SortKey | None, bool, SortKey | None, bo
         if not _plain(value):
             return None
         k = sort_key(value)
+        if not isinstance(value, MinKey | MaxKey):
+            # Type bracketing: $gt/$lt only match values of the bound's type class.
+            bracket_low, bracket_high = (k[0],), (k[0] + 0.5,)
+            if low is None or bracket_low > low:
+                low, low_inc = bracket_low, True
+            if high is None or bracket_high < high:
+                high, high_inc = bracket_high, False
         if op in ("$gt", "$gte", "$eq") and (low is None or k > low or (k == low and op == "$gt")):
             low, low_inc = k, op != "$gt"
         if op in ("$lt", "$lte", "$eq") and (high is None or k < high
@@ -177,6 +189,70 @@ def _apply_array_filters(doc: Doc, update: Doc, array_filters: list[Doc]) -> Doc
     return out
 
 
+_INT32 = range(-(2**31), 2**31)
+
+
+def _numeric(old: Any, result: Any, operand: Any) -> Any:
+    """``result`` in the BSON type MongoDB gives arithmetic on ``old`` and ``operand``."""
+    if isinstance(old, Decimal128) or isinstance(operand, Decimal128):
+        return Decimal128(str(result))
+    if isinstance(result, float):
+        return result
+    if isinstance(old, Int64) or isinstance(operand, Int64) or int(result) not in _INT32:
+        return Int64(result)
+    return int(result)
+
+
+def _num(value: Any) -> Any:
+    return value.to_decimal() if isinstance(value, Decimal128) else value
+
+
+def _own_operators(doc: Doc, update: Doc) -> Doc:
+    """Apply ``$inc``, ``$mul`` and ``$bit`` (which mongomock lacks or types wrongly: an
+    int64 field must stay int64); return the rest of ``update``."""
+    rest = {k: v for k, v in update.items() if k not in ("$inc", "$mul", "$bit")}
+    for path, delta in (update.get("$inc") or {}).items():
+        parent, leaf = _parent(doc, path)
+        if leaf not in parent:
+            parent[leaf] = delta
+            continue
+        old = parent[leaf]
+        if not isinstance(old, int | float | Decimal128) or isinstance(old, bool):
+            raise CommandError(14, f"Cannot apply $inc to a value of non-numeric type at {path}")
+        parent[leaf] = _numeric(old, _num(old) + _num(delta), delta)
+    for path, factor in (update.get("$mul") or {}).items():
+        parent, leaf = _parent(doc, path)
+        old = parent.get(leaf, 0) if isinstance(parent, dict) else 0
+        if not isinstance(old, int | float | Decimal128) or isinstance(old, bool):
+            raise CommandError(14, f"Cannot apply $mul to a value of non-numeric type at {path}")
+        parent[leaf] = _numeric(old, _num(old) * _num(factor) if leaf in parent
+                                else 0 * _num(factor), factor)
+    for path, ops in (update.get("$bit") or {}).items():
+        parent, leaf = _parent(doc, path)
+        value = parent.get(leaf, 0)
+        for op, operand in ops.items():
+            bits = {"and": int.__and__, "or": int.__or__, "xor": int.__xor__}.get(op)
+            if bits is None or isinstance(value, float | bool) or not isinstance(value, int):
+                raise CommandError(2, f"$bit {op} needs an integer field at {path}")
+            value = _numeric(value, bits(int(value), int(operand)), operand)
+        parent[leaf] = value
+    return rest
+
+
+def _parent(doc: Doc, path: str) -> tuple[Any, Any]:
+    parts = path.split(".")
+    node: Any = doc
+    for part in parts[:-1]:
+        if isinstance(node, list) and part.isdigit():
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+    leaf = parts[-1]
+    if isinstance(node, list):
+        raise CommandError(2, f"cannot address array element by name at {path}")
+    return node, leaf
+
+
 def apply_update(doc: Doc, spec: Doc, update: Any, array_filters: list[Doc] | None,
                  inserting: bool = False) -> Doc:
     """The document after applying ``update`` (operators or pipeline) to ``doc``."""
@@ -186,9 +262,13 @@ def apply_update(doc: Doc, spec: Doc, update: Any, array_filters: list[Doc] | No
         if isinstance(update, list):
             scratch._apply_update_pipeline(new, update, None)
         else:
-            if array_filters:
-                update = _apply_array_filters(new, update, array_filters)
-            scratch._apply_update_document(new, spec, update, inserting)
+            if array_filters or any("$[" in p for f in update.values()
+                                    if isinstance(f, dict) for p in f):
+                update = _apply_array_filters(new, update, array_filters or [])
+            if "$inc" in update or "$mul" in update or "$bit" in update:
+                update = _own_operators(new, update)
+            if update:
+                scratch._apply_update_document(new, spec, update, inserting)
     except CommandError:
         raise
     except _WriteError as exc:
@@ -236,40 +316,53 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def diff(before: Doc, after: Doc) -> Doc:
-    """``updateDescription`` of the change from ``before`` to ``after``."""
-    updated: Doc = {}
-    removed: list[str] = []
-    truncated: list[Doc] = []
-    _diff_doc(before, after, "", updated, removed, truncated)
-    return {"updatedFields": updated, "removedFields": removed, "truncatedArrays": truncated}
+    """``updateDescription`` of the change from ``before`` to ``after``.
+
+    ``disambiguatedPaths`` (shown to ``showExpandedEvents`` streams only) lists, for
+    each reported path that contains a dotted or all-digit field name, the path as an
+    array of field names (strings) and array indexes (ints), as MongoDB 6.1+ does.
+    """
+    out = _Diff()
+    out.doc(before, after, ())
+    return {"updatedFields": out.updated, "removedFields": out.removed,
+            "truncatedArrays": out.truncated, "disambiguatedPaths": out.ambiguous}
 
 
-def _diff_doc(before: Doc, after: Doc, prefix: str, updated: Doc, removed: list[str],
-              truncated: list[Doc]) -> None:
-    for key in before:
-        if key not in after:
-            removed.append(prefix + key)
-    for key, value in after.items():
-        path = prefix + key
-        if key not in before:
-            updated[path] = value
-        else:
-            _diff_value(before[key], value, path, updated, removed, truncated)
+class _Diff:
+    def __init__(self) -> None:
+        self.updated: Doc = {}
+        self.removed: list[str] = []
+        self.truncated: list[Doc] = []
+        self.ambiguous: Doc = {}
 
+    def _path(self, parts: tuple[str | int, ...]) -> str:
+        path = ".".join(str(p) for p in parts)
+        if any(isinstance(p, str) and (p.isdigit() or "." in p) for p in parts):
+            self.ambiguous[path] = list(parts)
+        return path
 
-def _diff_value(old: Any, new: Any, path: str, updated: Doc, removed: list[str],
-                truncated: list[Doc]) -> None:
-    if _same(old, new):
-        return
-    if isinstance(old, dict) and isinstance(new, dict):
-        _diff_doc(old, new, path + ".", updated, removed, truncated)
-    elif isinstance(old, list) and isinstance(new, list):
-        if len(new) < len(old):
-            truncated.append({"field": path, "newSize": len(new)})
-        for i, item in enumerate(new):
-            if i < len(old):
-                _diff_value(old[i], item, f"{path}.{i}", updated, removed, truncated)
+    def doc(self, before: Doc, after: Doc, parts: tuple[str | int, ...]) -> None:
+        for key in before:
+            if key not in after:
+                self.removed.append(self._path((*parts, key)))
+        for key, value in after.items():
+            if key not in before:
+                self.updated[self._path((*parts, key))] = value
             else:
-                updated[f"{path}.{i}"] = item
-    else:
-        updated[path] = new
+                self.value(before[key], value, (*parts, key))
+
+    def value(self, old: Any, new: Any, parts: tuple[str | int, ...]) -> None:
+        if _same(old, new):
+            return
+        if isinstance(old, dict) and isinstance(new, dict):
+            self.doc(old, new, parts)
+        elif isinstance(old, list) and isinstance(new, list):
+            if len(new) < len(old):
+                self.truncated.append({"field": self._path(parts), "newSize": len(new)})
+            for i, item in enumerate(new):
+                if i < len(old):
+                    self.value(old[i], item, (*parts, i))
+                else:
+                    self.updated[self._path((*parts, i))] = item
+        else:
+            self.updated[self._path(parts)] = new

@@ -83,8 +83,8 @@ def build(entry: Entry, opts: Options, store: Store) -> dict[str, Any]:
     op = entry.op
     ev: dict[str, Any] = {"_id": Token(entry.pos).doc(), "operationType": op,
                           "clusterTime": entry.ts, "wallTime": entry.wall}
-    if opts.expanded and entry.extra and "collectionUUID" in entry.extra:
-        ev["collectionUUID"] = entry.extra["collectionUUID"]
+    if opts.expanded and entry.uuid is not None:
+        ev["collectionUUID"] = entry.uuid
     if op in DOC_OPS:
         if op in ("insert", "replace"):
             ev["fullDocument"] = _raw(entry.post)
@@ -97,8 +97,11 @@ def build(entry: Entry, opts: Options, store: Store) -> dict[str, Any]:
             ev["fullDocument"] = _raw(entry.post)
         ev["ns"] = {"db": entry.db, "coll": entry.coll}
         ev["documentKey"] = entry.key
-        if op == "update":
-            ev["updateDescription"] = entry.update
+        if op == "update" and entry.update is not None:
+            desc = dict(entry.update)
+            if not opts.expanded:
+                desc.pop("disambiguatedPaths", None)
+            ev["updateDescription"] = desc
         if opts.before_change in ("whenAvailable", "required") and op != "insert":
             if entry.pre is None and opts.before_change == "required":
                 raise CommandError(280, "Change stream was configured to require a pre-image "

@@ -6,8 +6,9 @@ clock moves on (never backwards). Each committed change is one :class:`Entry`; t
 entries of one transaction share the commit's timestamp and are told apart by their
 index in the transaction, so every entry has a unique position ``(t, i, index)`` and
 positions sort in commit order. The :class:`Oplog` keeps at most ``max_entries`` of them
-(dropping the oldest first) and remembers the position of the newest dropped entry: a
-change stream asked to start at or before it has lost history (code 286). Appending
+(dropping the oldest first) and remembers the position of the newest dropped entry —
+initially the moment the sandbox started — so a change stream asked to start before
+it has lost history (code 286). Appending
 wakes every waiting change-stream ``getMore`` through one event that is replaced after
 each wake-up, so waiting costs nothing while the oplog is quiet.
 """
@@ -66,6 +67,7 @@ class Entry:
     lsid: dict[str, Any] | None = None
     txn: Int64 | None = None
     images: bool = False                       # collection records pre/post images
+    uuid: Any = None                           # collection UUID (Binary subtype 4)
 
     def ns_match(self, db: str | None, coll: str | None) -> bool:
         return (db is None or self.db == db) and (coll is None or self.coll == coll)
@@ -79,8 +81,10 @@ class Oplog:
         self.entries: list[Entry] = []
         self.positions: list[Position] = []
         self.base = 0                       # seq of entries[0]
-        self.lost: Position | None = None   # newest dropped position
         self.clock = Clock()
+        # The oplog begins when the sandbox starts: nothing older was ever in it, so a
+        # start point before that has lost its history, as on a fresh deployment.
+        self.lost: Position = (self.clock.t, 0, -1)  # newest position no longer held
         self._changed: anyio.Event | None = None
 
     @property
@@ -123,7 +127,7 @@ class Oplog:
 
     def history_lost(self, after: Position) -> bool:
         """True if an entry positioned after ``after`` was already dropped."""
-        return self.lost is not None and self.lost > after
+        return self.lost > after
 
     async def wait(self, seq: int, seconds: float) -> None:
         """Wait until an entry with sequence ≥ ``seq`` exists, or ``seconds`` pass."""

@@ -4,7 +4,9 @@ Each connection reads a 16-byte header, then the rest of the message, decodes it
 (:mod:`ops.sandbox.wire`), runs the command and writes the reply, in order; OP_MSG
 requests with ``moreToCome`` get no reply. Around every command the server binds it to
 its session's transaction, applies the ``failCommand`` fail point, refuses user writes
-while ``setUserWriteBlockMode`` holds, and stamps ``$clusterTime`` and
+while ``setUserWriteBlockMode`` holds, answers a retried retryable write (same ``lsid``
+and ``txnNumber``) with the reply of its first execution instead of applying it twice,
+and stamps ``$clusterTime`` and
 ``operationTime`` on the reply. Command errors become ``ok: 0`` replies; a message that
 does not parse, or a fail point's ``closeConnection``, closes only that connection, and
 an unexpected exception inside a command becomes an ``InternalError`` reply, never a
@@ -124,8 +126,16 @@ class Server:
                 target_db = str(body.get(name, "")).partition(".")[0] \
                     if name == "renameCollection" else db
                 check_writable(sb, target_db, conn.app_name == BYPASS_APP_NAME)
-            out = spec.handler(ctx)
-            result = await out if inspect.isawaitable(out) else out
+            retry_key = self._retry_key(body, ctx, spec.write)
+            cached = sb.retries.get(retry_key) if retry_key else None
+            if cached is not None and retry_key and cached[0] == body["txnNumber"]:
+                # a retried retryable write: answer as before, do not apply it twice
+                result = dict(cached[1])
+            else:
+                out = spec.handler(ctx)
+                result = await out if inspect.isawaitable(out) else out
+                if retry_key:
+                    sb.retries[retry_key] = (int(body["txnNumber"]), dict(result))
             if data is not None and "writeConcernError" in data:
                 result["writeConcernError"] = data["writeConcernError"]
         except CommandError as exc:
@@ -142,6 +152,15 @@ class Server:
             encoded = bson.encode({**CommandError(10334, f"reply too large or invalid: {exc}")
                                    .reply(), "operationTime": ts})
         return wire.reply(request, encoded, next(self._request_ids))
+
+    @staticmethod
+    def _retry_key(body: dict[str, Any], ctx: Ctx, write: bool) -> bytes | None:
+        if not write or ctx.txn is not None or "txnNumber" not in body:
+            return None
+        lsid = body.get("lsid")
+        if not isinstance(lsid, dict) or "id" not in lsid:
+            return None
+        return bytes(lsid["id"])
 
     def _is_stream(self, body: dict[str, Any]) -> bool:
         from ops.sandbox.changestream import StreamCursor

@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import bson
 from bson.objectid import ObjectId
 from bson.timestamp import Timestamp
 
@@ -61,6 +60,8 @@ class Sandbox:
     cursors: dict[int, Cursor] = field(default_factory=dict)
     sessions: dict[bytes, Transaction] = field(default_factory=dict)
     write_blocked: bool = False
+    #: last retryable write per session: lsid id -> (txnNumber, reply)
+    retries: dict[bytes, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     process_id: ObjectId = field(default_factory=ObjectId)
     started: float = field(default_factory=time.time)
     oplog: Oplog = field(init=False)
@@ -127,14 +128,14 @@ def entry_for(sb: Sandbox, coll: Collection, op: str, id_value: Any, before: byt
     post = after if (op in ("insert", "replace") or images) else None
     pre = before if images else None
     return sb.oplog.make(ts, index, op, coll.db, coll.name, key={"_id": id_value}, post=post,
-                         pre=pre, update=update, lsid=lsid, txn=txn, images=images)
+                         pre=pre, update=update, lsid=lsid, txn=txn, images=images,
+                         uuid=coll.uuid)
 
 
 def create_collection(sb: Sandbox, db: str, name: str, options: dict[str, Any]) -> Collection:
     check_ns(db, name)
     coll = sb.store.create(db, name, options)
-    sb.ddl_event("create", db, name, extra={
-        "collectionUUID": coll.uuid,
+    sb.ddl_event("create", db, name, uuid=coll.uuid, extra={
         "operationDescription": {"idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"},
                                  **({} if not options else {k: v for k, v in options.items()})},
     })
@@ -149,7 +150,3 @@ def check_ns(db: str, name: str) -> None:
 def check_writable(sb: Sandbox, db: str, bypass: bool) -> None:
     if sb.write_blocked and not bypass and db not in INTERNAL_DBS:
         raise CommandError(371, "User writes blocked")
-
-
-def encode(doc: dict[str, Any]) -> bytes:
-    return bson.encode(doc)

@@ -21,16 +21,11 @@ from typing import Any
 import bson
 from bson.binary import Binary
 
-from ops.sandbox.bsonkey import SortKey, sort_key
+from ops.sandbox.bsonkey import SortKey
 from ops.sandbox.wire import CODEC
 
 ID_INDEX: dict[str, Any] = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
 INTERNAL_DBS = frozenset({"admin", "local", "config"})
-
-
-def decode_id(raw: bytes) -> Any:
-    """The ``_id`` of a raw document (its first field, as storage guarantees)."""
-    return bson.decode(raw, CODEC).get("_id")
 
 
 def ensure_id_first(raw: bytes) -> tuple[bytes, dict[str, Any]]:
@@ -140,9 +135,3 @@ class Store:
 
     def attach(self, coll: Collection) -> None:
         self.dbs.setdefault(coll.db, {})[coll.name] = coll
-
-
-def doc_key(doc: dict[str, Any]) -> SortKey:
-    return sort_key(doc.get("_id"))
-
-

@@ -17,6 +17,7 @@ import argparse
 import subprocess
 import sys
 import time
+from typing import Any
 
 import bson
 from bson.codec_options import CodecOptions
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         uri = proc.stdout.readline().strip()
         raw_opts: CodecOptions[RawBSONDocument] = CodecOptions(document_class=RawBSONDocument)
         client: MongoClient[RawBSONDocument] = MongoClient(uri, document_class=RawBSONDocument)
-        coll = client.bench.scan
+        coll: Any = client.bench.scan
         coll.drop()
         for start in range(0, args.docs, 10_000):
             coll.insert_many([_doc(i) for i in range(start, min(args.docs, start + 10_000))],
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.terminate()
         proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
     print(f"documents            {args.docs:>12,}  (~{avg} bytes each)")
     print(f"sandbox scan         {best:>12,.0f} docs/s  (find+getMore, batchSize 1000)")
     print(f"client-only ceiling  {ceiling:>12,.0f} docs/s  (decode the same bytes, no server)")
