@@ -37,7 +37,8 @@ import msgspec
 from backfill.config import BackfillConfig
 from cdc.config import SourceConfig, TargetConfig
 from cdc.errors import ConfigError
-from cdc.mapping import MappingConfig
+from cdc.mapping import validate as validate_mapping
+from cdc.mapping.config import MappingConfig
 from cdc.stream import StreamConfig
 from cdc.types import Namespace
 from ops.redact import redact
@@ -87,6 +88,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     mapping: MappingConfig = MappingConfig()
+    """How namespaces become tables (README "Mapping"); checked by cdc.mapping.validate."""
     stream: StreamConfig = StreamConfig()
     backfill: BackfillConfig = BackfillConfig()
     phases: PhaseConfig = PhaseConfig()
@@ -127,6 +129,10 @@ def decode_config(data: Mapping[str, Any], *, source: str) -> Config:
             validate_include(pattern)
         except ValueError as exc:
             raise ConfigError(str(exc), key=f"include[{i}]", source=source) from None
+    try:  # mapping rules, and the tables of the namespaces known now
+        validate_mapping(config.mapping, [p for p in config.include if not p.endswith(".*")])
+    except ConfigError as exc:
+        raise ConfigError(str(exc), key=exc.key, source=source) from None
     return config
 
 

@@ -19,7 +19,7 @@ mistakes — including two names landing on one identifier — raise
 
 from cdc.mapping.config import ChildRule, ColumnRule, MappingConfig, MappingRule
 from cdc.mapping.keys import encode_key_value
-from cdc.mapping.model import Column, MappedDocument, Mapper, TableShape
+from cdc.mapping.model import Column, MappedDocument, Mapper, ReversibleMapper, TableShape
 from cdc.mapping.resolve import resolve, rule_for, validate
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Mapper",
     "MappingConfig",
     "MappingRule",
+    "ReversibleMapper",
     "TableShape",
     "encode_key_value",
     "resolve",

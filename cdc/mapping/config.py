@@ -17,7 +17,7 @@ import msgspec
 
 ColumnType = Literal[
     "text", "bigint", "integer", "double precision", "numeric", "boolean", "timestamptz",
-    "uuid", "bytea", "jsonb",
+    "uuid", "bytea", "jsonb", "objectid",
 ]
 JsonFlavour = Literal["relaxed", "canonical"]
 
@@ -28,7 +28,8 @@ class ColumnRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     path: str
     """Dotted path through sub-documents, e.g. ``customer.address.city``."""
     type: ColumnType
-    """PostgreSQL type; see the README's conversion table for what each one accepts."""
+    """PostgreSQL type (or ``objectid``: a text column of 24 hex digits that comes back
+    as ObjectId); see the README's conversion table for what each one accepts."""
     name: str | None = None
     """Column name; defaults to the path with dots replaced by underscores."""
 

@@ -15,9 +15,10 @@ Canonical mode always uses the walker (every number wrapped with its type), and 
 flavour that round-trips exactly. :func:`from_ejson` parses both flavours back into the
 Python values ``bson.encode`` writes as the original BSON types.
 
-Deviations from the Extended JSON spec, both to survive PostgreSQL's ``jsonb``, which
-stores numbers as ``numeric``: a negative zero double is written as
-``{"$numberDouble": "-0.0"}`` in relaxed mode too; and a sub-document whose keys are
+Deviations from the Extended JSON spec, all to survive PostgreSQL's ``jsonb``, which
+stores numbers as ``numeric``: a negative zero double and a double of magnitude >= 1e16
+(which JSON writes as ``1e16`` and jsonb would turn into an integer) are written as
+``{"$numberDouble": "…"}`` in relaxed mode too; and a sub-document whose keys are
 exactly those of a type wrapper (``{"$oid": "x"}``) cannot be told from the wrapper by
 any parser, so it raises :class:`MappingError` instead of being written ambiguously.
 """
@@ -96,8 +97,7 @@ def regex_options(value: Regex[Any]) -> str:
 def date_relaxed(ms: int) -> Any:
     if 0 <= ms <= _ISO_MAX_MS:
         dt = _EPOCH + datetime.timedelta(milliseconds=ms)
-        frac = f".{dt.microsecond // 1000:03d}" if dt.microsecond else ""
-        return {"$date": dt.strftime("%Y-%m-%dT%H:%M:%S") + frac + "Z"}
+        return {"$date": dt.isoformat(timespec="milliseconds") + "Z"}
     return {"$date": {"$numberLong": str(ms)}}
 
 
@@ -130,20 +130,48 @@ def _enc_hook(value: Any) -> Any:
 
 
 _ENCODER = msgspec.json.Encoder(enc_hook=_enc_hook)
-# Raw-BSON patterns the fast path cannot handle: a field name starting with '$' (a type
-# byte then '$'), a NaN/±Infinity double (exponent bits all set: little-endian bytes
-# 6-7 are [f0-ff][7f|ff]), and -0.0 (seven zero bytes then 0x80). UTF-8 text never
-# contains the second; false alarms only cost time.
-_SLOW = re.compile(rb"[\x01-\x13\x7f\xff]\$|[\xf0-\xff][\x7f\xff]|\x00{7}\x80")
+_BIG_DOUBLE = re.compile(rb"[0-9]e[1-3]")
+_NEG_ZERO = b"\x00\x00\x00\x00\x00\x00\x00\x80"
 
 
-def relaxed_json(doc: dict[str, Any], raw: bytes) -> bytes:
-    """Relaxed Extended JSON of ``doc`` (decoded from ``raw`` with DECODE_OPTIONS)."""
-    if _SLOW.search(raw) is not None:
-        return msgspec.json.encode(to_ejson(doc, canonical=False))
-    out = _ENCODER.encode(doc)
-    if b"\\u0000" in out:  # maybe a U+0000 in a string: let the walker decide
-        return msgspec.json.encode(to_ejson(doc, canonical=False))
+def needs_walker(raw: bytes) -> bool:
+    """Whether ``raw`` may hold what the fast path cannot write: a field name starting
+    with '$' (a type byte, then '$'), a NaN/±Infinity double (exponent bits all set:
+    little-endian bytes 6-7 are [f0-ff] then 7f or ff) or -0.0. Built from memchr-speed
+    ``find`` calls; a false alarm only costs time."""
+    pos = raw.find(b"$")
+    while pos > 0:
+        before = raw[pos - 1]
+        if 0x01 <= before <= 0x13 or before in (0x7F, 0xFF):
+            return True
+        pos = raw.find(b"$", pos + 1)
+    for high in (b"\x7f", b"\xff"):
+        pos = raw.find(high)
+        while pos > 0:
+            if raw[pos - 1] >= 0xF0:
+                return True
+            pos = raw.find(high, pos + 1)
+    return _NEG_ZERO in raw
+
+
+def relaxed_json(value: Any, raw: bytes) -> bytes:
+    """Relaxed Extended JSON of ``value`` (decoded from ``raw`` with DECODE_OPTIONS, or a
+    part of it: ``raw`` only serves to decide whether the fast path is safe)."""
+    return relaxed_json_part(value, needs_walker(raw))
+
+
+def relaxed_json_part(value: Any, walker: bool) -> bytes:
+    """Relaxed Extended JSON of ``value``; ``walker`` is :func:`needs_walker` of the raw
+    document ``value`` was decoded from (computed once per document)."""
+    if walker:
+        return msgspec.json.encode(to_ejson(value, canonical=False))
+    out = _ENCODER.encode(value)
+    # Let the walker decide on a possible U+0000 in a string, and on a possible double of
+    # magnitude >= 1e16, which msgspec writes in exponent form ("1e16"): jsonb would turn
+    # it into the integer 10000000000000000, read back as int64.
+    if b"\\u0000" in out or ((b"e1" in out or b"e2" in out or b"e3" in out)
+                              and _BIG_DOUBLE.search(out) is not None):
+        return msgspec.json.encode(to_ejson(value, canonical=False))
     return out
 
 
@@ -204,7 +232,8 @@ def to_ejson(value: Any, canonical: bool) -> Any:
     if t is Int64:
         return {"$numberLong": str(int(value))} if canonical else int(value)
     if t is float:
-        if canonical or not math.isfinite(value) or (value == 0.0 and math.copysign(1, value) < 0):
+        if canonical or not -1e16 < value < 1e16 or (
+                value == 0.0 and math.copysign(1, value) < 0):
             return {"$numberDouble": _float_text(value)}
         return value
     if t is bool or value is None:

@@ -179,12 +179,12 @@ def _elements(value: Any, out: bytearray) -> None:
         for item in value:
             _elements(item, out)
         out.append(0)
+    elif isinstance(value, bson.Binary):  # before bytes: Binary subclasses bytes
+        out.append(T_BINARY)
+        out += struct.pack(">IB", len(value), value.subtype) + bytes(value)
     elif isinstance(value, bytes):  # binData subtype 0 as decoded by default
         out.append(T_BINARY)
         out += struct.pack(">IB", len(value), 0) + value
-    elif isinstance(value, bson.Binary):
-        out.append(T_BINARY)
-        out += struct.pack(">IB", len(value), value.subtype) + bytes(value)
     elif t is DatetimeMS:
         out.append(T_DATE)
         out += struct.pack(">Q", int(value) + _MS_OFFSET)
@@ -296,6 +296,8 @@ def id_bson_from_raw(raw: bytes) -> bytes:
 
     Keeps the exact original type (int32 vs int64, symbol, DBPointer…) without decoding.
     """
+    if raw[4:9] == b"\x07_id\x00":  # an ObjectId _id first, as MongoDB stores it
+        return b"\x16\x00\x00\x00" + raw[4:21] + b"\x00"
     try:
         pos = 4
         end = len(raw) - 1

@@ -64,3 +64,13 @@ class Mapper(Protocol):
     def map_document(self, raw: bytes) -> MappedDocument:
         """Rows of one raw BSON document; raises :class:`cdc.errors.MappingError`."""
         ...
+
+
+class ReversibleMapper(Mapper, Protocol):
+    """A Mapper that can also turn its rows back into the document (reverse replication)."""
+
+    def to_document(self, rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, Any]:
+        """The document of ``rows`` (as :attr:`MappedDocument.rows`, values as asyncpg
+        returns them, jsonb as text); values are those ``bson.encode`` writes back as the
+        original BSON types. Raises :class:`cdc.errors.MappingError`."""
+        ...

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from cdc.errors import ConfigError
 from cdc.mapping.config import ColumnRule, MappingConfig, MappingRule
 from cdc.mapping.document import RESERVED, DocumentMapper
-from cdc.mapping.model import Mapper
+from cdc.mapping.model import ReversibleMapper
 from cdc.mapping.names import pg_identifier
 from cdc.types import Namespace
 
@@ -60,7 +60,7 @@ def _format(template: str, ns: Namespace, key: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def resolve(config: MappingConfig, namespace: Namespace | str) -> Mapper:
+def resolve(config: MappingConfig, namespace: Namespace | str) -> ReversibleMapper:
     """The Mapper of one namespace (cached: the same config and namespace, one object)."""
     ns = _as_namespace(namespace)
     index = rule_index(config, ns)
@@ -80,7 +80,10 @@ def resolve(config: MappingConfig, namespace: Namespace | str) -> Mapper:
             raise ConfigError(f"{doc_column!r} is a reserved column name",
                               key=f"{where}.doc_column")
         return DocumentMapper(schema, table, doc_column=doc_column, canonical=canonical)
-    raise ConfigError("column mode is not available yet", key=f"{where}.mode")
+    from cdc.mapping.columns import ColumnMapper
+
+    return ColumnMapper.build(rule, schema, table, canonical=canonical, where=where,
+                              db=ns.db, coll=ns.coll)
 
 
 def _check_rule_shape(rule: MappingRule, where: str) -> None:

@@ -26,7 +26,11 @@ from bson.min_key import MinKey
 from bson.objectid import ObjectId
 from bson.regex import Regex
 from bson.timestamp import Timestamp
+from hypothesis import settings
 from hypothesis import strategies as st
+
+PROPERTY = settings(deadline=None, derandomize=True)
+"""Settings of the mapping's property tests: deterministic (same examples every run)."""
 
 # --- strategies ---------------------------------------------------------------------------
 
@@ -35,7 +39,8 @@ int64s = st.integers(-(2**63), 2**63 - 1).map(Int64)
 edge_ints = st.sampled_from([0, 1, -1, 2**31 - 1, -(2**31), 2**53, 2**53 + 1]) | st.sampled_from(
     [Int64(2**63 - 1), Int64(-(2**63)), Int64(2**53 + 1), Int64(0), Int64(1)]
 )
-doubles = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
+# One NaN: Extended JSON keeps no NaN sign or payload bits (documented).
+doubles = st.floats(allow_nan=False, allow_infinity=True) | st.sampled_from(
     [0.0, -0.0, 1.0, -1.0, 0.1, 5e-324, -5e-324, 1.7976931348623157e308, 2.0**63, 1e16,
      float("nan"), float("inf"), float("-inf"), 9007199254740993.0]
 )
@@ -64,7 +69,7 @@ text_no_nul = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="
                       max_size=8)
 field_names = text_no_nul | st.sampled_from(["", "a.b", "$x", "_id", "a"])
 object_ids = st.binary(min_size=12, max_size=12).map(ObjectId)
-binaries = st.builds(Binary, st.binary(max_size=6), st.sampled_from([0, 1, 2, 3, 4, 5, 128]))
+binaries = st.builds(Binary, st.binary(max_size=2), st.sampled_from([0, 1, 2, 3, 4, 5, 128]))
 uuids_bin = st.builds(Binary, st.binary(min_size=16, max_size=16), st.sampled_from([3, 4]))
 dates = st.integers(-(2**63), 2**63 - 1).map(DatetimeMS) | st.sampled_from(
     [DatetimeMS(0), DatetimeMS(-1), DatetimeMS(253_402_300_799_999),
@@ -228,4 +233,4 @@ def _compare_elements(xs: list[tuple[str, Any]], ys: list[tuple[str, Any]], name
     return _cmp(len(xs), len(ys))
 
 
-__all__ = ["Decimal", "compare", "documents", "id_values", "numbers", "values"]
+__all__ = ["PROPERTY", "Decimal", "compare", "documents", "id_values", "numbers", "values"]

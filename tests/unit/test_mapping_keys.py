@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from cdc.errors import MappingError
 from cdc.mapping.keys import encode_key_value, id_bson_from_raw
-from tests.unit.bson_strategies import compare, id_values, numbers, values
+from tests.unit.bson_strategies import PROPERTY, compare, id_values, numbers, values
 
 
 def _sign(x: int) -> int:
@@ -30,19 +30,19 @@ def _bytes_cmp(a: bytes, b: bytes) -> int:
     return (a > b) - (a < b)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(PROPERTY, max_examples=300)
 @given(numbers, numbers)
 def test_number_keys_sort_by_value_across_int32_int64_double_decimal(a: Any, b: Any) -> None:
     assert _bytes_cmp(encode_key_value(a), encode_key_value(b)) == compare(a, b)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(PROPERTY, max_examples=300)
 @given(id_values, id_values)
 def test_key_order_equals_mongodb_id_order(a: Any, b: Any) -> None:
     assert _bytes_cmp(encode_key_value(a), encode_key_value(b)) == compare(a, b)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(PROPERTY, max_examples=300)
 @given(st.lists(values, min_size=1, max_size=3), st.lists(values, min_size=1, max_size=3))
 def test_key_order_holds_inside_arrays_of_any_type(a: list[Any], b: list[Any]) -> None:
     assert _bytes_cmp(encode_key_value(a), encode_key_value(b)) == compare(a, b)
@@ -74,6 +74,12 @@ def test_edge_numbers_sort_nan_first_then_negative_infinity() -> None:
     assert len(set(keys)) == len(keys)
 
 
+def test_binary_of_equal_length_sorts_by_subtype_before_bytes() -> None:
+    ordered = [Binary(b"z", 0), Binary(b"\x00", 4), Binary(b"\x00\x00", 0)]
+    assert [encode_key_value(v) for v in ordered] == sorted(encode_key_value(v) for v in ordered)
+    assert encode_key_value(Binary(b"a", 0)) == encode_key_value(b"a")
+
+
 def test_minkey_and_maxkey_bound_every_key() -> None:
     low, high = encode_key_value(MinKey()), encode_key_value(MaxKey())
     for value in [None, float("nan"), "zzz", ObjectId(), True, Timestamp(2**32 - 1, 1)]:
@@ -85,7 +91,7 @@ def test_object_id_key_is_type_byte_and_its_twelve_bytes() -> None:
     assert encode_key_value(oid) == b"\x23" + oid.binary
 
 
-@settings(max_examples=300, deadline=None)
+@settings(PROPERTY, max_examples=300)
 @given(id_values, st.dictionaries(st.sampled_from(["a", "b", "zz"]), values, max_size=3),
        st.booleans())
 def test_id_bson_is_cut_byte_exact_from_the_raw_document(
