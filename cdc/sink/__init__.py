@@ -16,8 +16,12 @@ holds). The sink applies a batch of versioned changes in ONE transaction:
   schema; an upsert lands only when it beats both the stored row and any tombstone
   (``ON CONFLICT … DO UPDATE … WHERE`` the stored version is older, or equal for stream
   rows), clears the tombstone, and replaces its child rows (rows of a shrunk array go).
-  The result does not depend on the order in which batches, backfill chunks, retries and
-  replays arrive; a document's tombstone lives only while its last state is "deleted".
+  Rows and tombstones end the same whatever the order in which batches, backfill
+  chunks, retries and replays arrive; a tombstone exists exactly while its document's
+  last state is "deleted".
+* **Direct path**: a batch that only copies (backfill) into keys the target has never
+  seen is COPYed straight into the target tables inside a savepoint; the primary key and
+  a tombstone probe send anything else back to the staged merge.
 * **Checkpoint**: the stream position (never moved backwards) and the completed
   backfill chunk are written in the same transaction as the rows, so a crash leaves
   either all of a batch or none of it (exactly-once effect over at-least-once delivery).

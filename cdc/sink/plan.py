@@ -2,15 +2,17 @@
 
 Pure and synchronous (no I/O), so it is unit-tested without a database.
 
+
 Coalescing applies the sink's version rule inside the batch: walking the changes in
 stream order, a change replaces the current candidate for its document when its
 version is newer, or equal and it comes from the stream (:class:`~cdc.batch.Origin`:
 a change event wins a tie, a backfill row loses it). Folding a batch this way and then
 applying only the winner against the stored state gives the same result as applying
 every change one by one, so the database sees at most one row per key and table.
-Candidates are first grouped by the raw ``_id`` bytes (no mapping needed), then only
-the winners are mapped, and grouped again by the mapped key (distinct BSON ids that the
-mapping encodes alike, e.g. the same number as int32 and int64, are one row).
+Candidates are first grouped by the raw ``_id`` bytes (no mapping needed); only the
+winners are mapped — lazily, while the sink streams them into COPY — and grouped again
+by the mapped key (distinct BSON ids that the mapping encodes alike, e.g. the same
+number as int32 and double, are one row).
 
 A document the mapping rejects (:class:`~cdc.errors.DataError`) becomes a dead letter
 carrying its raw BSON, id, version and the reason; the rest of the batch goes on.
@@ -18,6 +20,7 @@ carrying its raw BSON, id, version and the reason; the rest of the batch goes on
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,17 +70,93 @@ class DeadLetter(msgspec.Struct, frozen=True):
 
 @dataclass(slots=True)
 class NamespacePlan:
-    """Net changes of one namespace in one batch, as COPY records."""
+    """Net changes of one namespace in one batch; upserts are mapped lazily.
+
+    :meth:`root_records` maps while the caller streams its output into COPY, so the
+    mapping (client CPU) overlaps PostgreSQL parsing the rows already sent. A document
+    whose mapped key turns out to repeat one staged earlier is resolved with the version
+    rule there and then; the loser's position lands in ``losers`` so the caller removes
+    it from staging (``_m2p_seq``) — a rare case: distinct BSON ids, one key.
+    """
 
     namespace: Namespace
     mapper: Mapper
     root_name: str
-    root_records: list[tuple[Any, ...]] = field(default_factory=list)
-    """Root rows + (version, from_stream)."""
+    upserts: list[tuple[int, Change]] = field(default_factory=list)
+    """(position in batch, change) of the upserts that won pass 1."""
+    deletes: list[tuple[bytes, int, bool, int]] = field(default_factory=list)
+    """(key, version, from_stream, position) per deleted document."""
     child_records: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
-    """Child rows + (version,), per child table name, for the documents upserted."""
-    deletes: list[tuple[bytes, int, bool]] = field(default_factory=list)
-    """(key, version, from_stream) per deleted document."""
+    """Child rows + (version, position), per child table, filled by root_records."""
+    losers: list[int] = field(default_factory=list)
+    """Positions of staged changes that a later-mapped change on the same key beat."""
+    staged_upserts: int = 0
+    staged_deletes: int = 0
+    all_backfill: bool = True
+    """Every change of this namespace in the batch came from the backfill."""
+    direct: bool = False
+    """The upserts went straight into the target (see ``Sink._direct``)."""
+    _seen: dict[bytes, tuple[int, Change]] = field(default_factory=dict)
+
+    def _claim(self, key: bytes, pos: int, change: Change, result: ApplyResult) -> bool:
+        """Whether ``change`` is the key's winner so far; records what it displaces."""
+        prev = self._seen.get(key)
+        if prev is not None:
+            later, earlier = ((pos, change), prev) if pos > prev[0] else (prev, (pos, change))
+            winner = later if _beats(later[1], earlier[1]) else earlier
+            loser = earlier if winner is later else later
+            result.of(self.namespace, loser[1].op).skipped += 1
+            if winner[0] != pos:
+                return False
+            self.losers.append(prev[0])
+            if prev[1].op is Op.UPSERT:
+                self.staged_upserts -= 1
+            else:
+                self.staged_deletes -= 1
+        self._seen[key] = (pos, change)
+        return True
+
+    def root_records(self, dead: list[DeadLetter], result: ApplyResult
+                     ) -> Iterator[tuple[Any, ...]]:
+        """Root rows + (version, from_stream, position) of the upserts, mapped on demand."""
+        ns = self.namespace
+        root_name = self.root_name
+        children = self.child_records
+        for pos, change in self.upserts:
+            doc = change.doc
+            if doc is None:
+                raise InvariantError(f"upsert without a document in {ns}")
+            try:
+                mapped = self.mapper.map_document(doc)
+            except DataError as exc:
+                dead.append(DeadLetter(str(ns), change.id_bson, change.version, doc, str(exc)))
+                result.of(ns, Op.UPSERT).dead_lettered += 1
+                continue
+            if not self._claim(mapped.key, pos, change, result):
+                continue
+            rows = mapped.rows
+            root_rows = rows.get(root_name)
+            if root_rows is None or len(root_rows) != 1:
+                raise InvariantError(f"{ns}: the mapping must give exactly one {root_name} row")
+            version = change.version
+            self.staged_upserts += 1
+            yield root_rows[0] + (version, change.origin is Origin.STREAM, pos)
+            if len(rows) > 1:
+                tail = (version, pos)
+                for table, table_rows in rows.items():
+                    if table == root_name or not table_rows:
+                        continue
+                    dest = children.get(table)
+                    if dest is None:
+                        dest = children[table] = []
+                    dest.extend(r + tail for r in table_rows)
+
+    def children_without_losers(self, table: str) -> list[tuple[Any, ...]]:
+        rows = self.child_records.get(table, [])
+        if not self.losers:
+            return rows
+        gone = set(self.losers)
+        return [r for r in rows if r[-1] not in gone]
 
 
 @dataclass(slots=True)
@@ -94,10 +173,9 @@ def _beats(later: Change, earlier: Change) -> bool:
     )
 
 
-def plan_batch(batch: Batch, mapper_of: Any) -> Plan:
-    """Coalesce and map ``batch``; ``mapper_of(namespace)`` returns the namespace's Mapper."""
+def plan_batch(batch: Batch, mapper_of: Callable[[Namespace], Mapper]) -> Plan:
+    """Coalesce ``batch`` by raw id and map its deletes; upserts map in root_records."""
     result = ApplyResult()
-    # Pass 1: one candidate per (namespace, raw id), in stream order.
     first: dict[tuple[Namespace, bytes], tuple[int, Change]] = {}
     for pos, change in enumerate(batch.changes):
         k = (change.namespace, change.id_bson)
@@ -110,66 +188,32 @@ def plan_batch(batch: Batch, mapper_of: Any) -> Plan:
         else:
             result.of(change.namespace, change.op).skipped += 1
 
-    # Pass 2: map the candidates, then one winner per (namespace, mapped key).
     dead: list[DeadLetter] = []
-    winners: dict[tuple[Namespace, bytes], tuple[int, Change, Any]] = {}
-    mappers: dict[Namespace, Mapper] = {}
+    plans: dict[Namespace, NamespacePlan] = {}
     for pos, change in first.values():
         ns = change.namespace
-        mapper = mappers.get(ns)
-        if mapper is None:
-            mapper = mappers[ns] = mapper_of(ns)
-        mapped: Any
-        try:
-            if change.op is Op.UPSERT:
-                if change.doc is None:
-                    raise InvariantError(f"upsert without a document in {ns}")
-                mapped = mapper.map_document(change.doc)
-                key = mapped.key
-            else:
-                mapped = None
-                key = mapper.map_key(change.id_bson)
-        except DataError as exc:
-            dead.append(
-                DeadLetter(str(ns), change.id_bson, change.version, change.doc, str(exc))
-            )
-            result.of(ns, change.op).dead_lettered += 1
-            continue
-        k = (ns, key)
-        prev2 = winners.get(k)
-        if prev2 is None:
-            winners[k] = (pos, change, mapped)
-            continue
-        later, earlier = (prev2, (pos, change, mapped)) if prev2[0] > pos else (
-            (pos, change, mapped), prev2)
-        keep, drop = (later, earlier) if _beats(later[1], earlier[1]) else (earlier, later)
-        winners[k] = keep
-        result.of(ns, drop[1].op).skipped += 1
-
-    plans: dict[Namespace, NamespacePlan] = {}
-    for (ns, key), (_pos, change, mapped) in winners.items():
         plan = plans.get(ns)
         if plan is None:
-            mapper = mappers[ns]
+            mapper = mapper_of(ns)
             plan = plans[ns] = NamespacePlan(ns, mapper, mapper.tables()[0].name)
-        stream = change.origin is Origin.STREAM
-        if mapped is None:
-            plan.deletes.append((key, change.version, stream))
+        if change.origin is not Origin.BACKFILL:
+            plan.all_backfill = False
+        if change.op is Op.UPSERT:
+            plan.upserts.append((pos, change))
             continue
-        rows = mapped.rows
-        version = change.version
-        tail = (version,)
-        root_name = plan.root_name
-        root_rows = rows.get(root_name)
-        if root_rows is None or len(root_rows) != 1:
-            raise InvariantError(f"{ns}: the mapping must give exactly one {root_name} row")
-        plan.root_records.append(root_rows[0] + (version, stream))
-        for table, table_rows in rows.items():
-            if table == root_name or not table_rows:
-                continue
-            dest = plan.child_records.get(table)
-            if dest is None:
-                dest = plan.child_records[table] = []
-            dest.extend(r + tail for r in table_rows)
+        try:
+            key = plan.mapper.map_key(change.id_bson)
+        except DataError as exc:
+            dead.append(DeadLetter(str(ns), change.id_bson, change.version, None, str(exc)))
+            result.of(ns, Op.DELETE).dead_lettered += 1
+            continue
+        if plan._claim(key, pos, change, result):
+            plan.deletes.append((key, change.version, change.origin is Origin.STREAM, pos))
+            plan.staged_deletes += 1
+    # Deletes that a later delete of the same key displaced never reach staging.
+    for plan in plans.values():
+        if plan.losers:
+            gone = set(plan.losers)
+            plan.deletes = [d for d in plan.deletes if d[3] not in gone]
+            plan.losers.clear()
     return Plan(plans, dead, result)
-

@@ -23,7 +23,7 @@ so a retry of the same batch is exact.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -35,7 +35,7 @@ from cdc.errors import InvariantError, TargetUnavailable, is_retriable
 from cdc.mapping.model import Mapper, TableShape
 from cdc.sink import ddl, statements
 from cdc.sink.migrations import LOCK_SPACE, migrate
-from cdc.sink.plan import ApplyResult, NamespacePlan, plan_batch
+from cdc.sink.plan import ApplyResult, DeadLetter, NamespacePlan, plan_batch
 from cdc.types import Namespace
 
 MapperFor = Callable[[Namespace], Mapper]
@@ -50,7 +50,10 @@ def asyncpg_params(dsn: str) -> dict[str, Any]:
                          ("sslmode", "ssl")):
         if info.get(ours) is not None:
             params[theirs] = int(str(info[ours])) if ours == "port" else info[ours]
-    settings = {"client_min_messages": "warning"}
+    # work_mem: the merge sorts a batch's staged rows by key in memory, not on disk.
+    # jit off: the merge's per-row subplans inflate cost estimates past jit_above_cost,
+    # and compiling them takes longer than running them, every batch.
+    settings = {"client_min_messages": "warning", "work_mem": "64MB", "jit": "off"}
     if info.get("application_name"):
         settings["application_name"] = str(info["application_name"])
     params["server_settings"] = settings
@@ -63,24 +66,42 @@ def _lock_key(qualified: str) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
+class _Connection(asyncpg.Connection):
+    """A pool connection that remembers which staging tables its session holds."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.m2p_staged: set[str] = set()
+
+
+class _Fallback(Exception):
+    """The direct path cannot take this batch; use the staged one."""
+
+
+DIRECT_PAUSE = 16
+"""Batches of a namespace that skip the direct path after it had to fall back."""
+
+
 class _Known:
     """What the sink has ensured for one namespace."""
 
-    __slots__ = ("mapper", "shapes", "sql")
+    __slots__ = ("direct_pause", "mapper", "shapes", "sql")
 
     def __init__(self, mapper: Mapper, shapes: tuple[TableShape, ...],
                  nsql: statements.NamespaceSql) -> None:
         self.mapper = mapper
         self.shapes = shapes
         self.sql = nsql
+        self.direct_pause = 0
 
 
 class Sink:
     """Writes batches to PostgreSQL; see the module docstring for the mechanism."""
 
-    def __init__(self, pool: asyncpg.Pool, control: psycopg.AsyncConnection[Any],
+    def __init__(self, pool: asyncpg.Pool, control: psycopg.AsyncConnection[Any], dsn: str,
                  control_schema: str, mapper_for: MapperFor) -> None:
         self._pool = pool
+        self._dsn = dsn
         self._control = control
         self._schema = control_schema
         self._mapper_for = mapper_for
@@ -112,13 +133,14 @@ class Sink:
         try:
             await migrate(control, control_schema)
             pool = await asyncpg.create_pool(
-                min_size=min_size, max_size=max_size, **asyncpg_params(dsn))
+                min_size=min_size, max_size=max_size, connection_class=_Connection,
+                **asyncpg_params(dsn))
         except BaseException as exc:
             await control.close()
             if isinstance(exc, Exception) and is_retriable(exc):
                 raise TargetUnavailable("opening the sink") from exc
             raise
-        return cls(pool, control, control_schema, mapper_for)
+        return cls(pool, control, dsn, control_schema, mapper_for)
 
     async def close(self) -> None:
         try:
@@ -143,6 +165,9 @@ class Sink:
         if known is not None and known.shapes == shapes:
             return known
         try:
+            if self._control.closed or self._control.broken:
+                self._control = await psycopg.AsyncConnection.connect(self._dsn,
+                                                                      autocommit=True)
             await ddl.ensure_tables(self._control, shapes)
         except psycopg.Error as exc:
             _raise_if_unavailable(exc, f"creating tables of {ns}")
@@ -175,14 +200,73 @@ class Sink:
             raise
         return plan.result
 
+    async def _direct(self, conn: Any, known: _Known, p: NamespacePlan,
+                      dead: list[DeadLetter], result: ApplyResult) -> bool:
+        """Backfill into keys the target has never seen: COPY straight into the tables.
+
+        Taken only for a batch whose changes of this namespace are all backfill
+        upserts. Inside a savepoint the rows are COPYed into the target tables; the
+        primary key rejects any key that has a row (then the savepoint is rolled back),
+        and a probe rejects keys with a tombstone. Either way the rows already mapped
+        go the staged, version-guarded way; no row is mapped twice. A fallback turns the
+        direct path off for the namespace for a while (a resync re-copies known keys).
+        """
+        if p.deletes or not p.all_backfill or known.direct_pause > 0:
+            known.direct_pause = max(known.direct_pause - 1, 0)
+            return False
+        nsql = known.sql
+        taken: list[tuple[Any, ...]] = []
+        source = p.root_records(dead, result)
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            for record in source:
+                taken.append(record)
+                yield record[:-2]  # without the origin flag and position
+
+        try:
+            async with conn.transaction():  # a savepoint
+                await conn.copy_records_to_table(
+                    nsql.root.name, schema_name=nsql.root.schema, records=rows(),
+                    columns=nsql.target_columns)
+                for child in nsql.children:
+                    child_rows = p.child_records.get(child.shape.name)
+                    if child_rows:
+                        await conn.copy_records_to_table(
+                            child.shape.name, schema_name=child.shape.schema,
+                            records=[r[:-1] for r in child_rows],
+                            columns=child.columns[:-1])
+                if taken and await conn.fetchval(
+                    nsql.count_tombstones, nsql.root.qualified, [r[0] for r in taken]
+                ):
+                    raise _Fallback
+        except (_Fallback, asyncpg.exceptions.UniqueViolationError):
+            known.direct_pause = DIRECT_PAUSE
+            taken.extend(source)  # map the rest, once
+            await conn.copy_records_to_table(
+                nsql.stage, schema_name="pg_temp", records=taken, columns=nsql.stage_columns)
+            for child in nsql.children:
+                child_rows = p.children_without_losers(child.shape.name)
+                if child_rows:
+                    await conn.copy_records_to_table(
+                        child.stage, schema_name="pg_temp", records=child_rows,
+                        columns=child.columns)
+            return True
+        p.direct = True
+        result.of(p.namespace, Op.UPSERT).applied += p.staged_upserts
+        return True
+
     async def _write(self, conn: Any, batch: Batch, plans: dict[Namespace, NamespacePlan],
-                     dead: list[Any], result: ApplyResult) -> None:
+                     dead: list[DeadLetter], result: ApplyResult) -> None:
         work = [(self._known[ns], p) for ns, p in sorted(plans.items())]
-        # Staging tables live for the session; created outside the transaction so a
-        # rolled-back batch does not take them away.
-        if work:
+        # Staging tables live for the session: created outside the transaction (a
+        # rolled-back batch does not take them away), once per connection.
+        staged: set[str] = conn.m2p_staged
+        missing = [k.sql for k, _ in work if k.sql.stage not in staged]
+        if missing or not staged:
             await conn.execute(";".join([statements.COMMON_STAGE_DDL]
-                                        + [k.sql.stage_ddl for k, _ in work]))
+                                        + [m.stage_ddl for m in missing]))
+            staged.add("")
+            staged.update(m.stage for m in missing)
         async with conn.transaction():
             locks: dict[int, bool] = {}
             for known, p in work:
@@ -198,29 +282,33 @@ class Sink:
             if dels:
                 await conn.copy_records_to_table(
                     statements.DELETES_STAGE, schema_name="pg_temp", records=dels,
-                    columns=("t", "k", "v", "s"))
+                    columns=("t", "k", "v", "s", "q"))
             for known, p in work:
                 nsql = known.sql
                 table = nsql.root.qualified
-                if p.deletes:
-                    n = await conn.fetchval(nsql.delete, table)
-                    counts = result.of(p.namespace, Op.DELETE)
-                    counts.applied += n
-                    counts.skipped += len(p.deletes) - n
-                if p.root_records:
+                if p.upserts and not await self._direct(conn, known, p, dead, result):
+                    # Mapping runs inside this COPY, overlapping the server's parsing.
                     await conn.copy_records_to_table(
-                        nsql.stage, schema_name="pg_temp", records=p.root_records,
-                        columns=nsql.stage_columns)
+                        nsql.stage, schema_name="pg_temp",
+                        records=p.root_records(dead, result), columns=nsql.stage_columns)
                     for child in nsql.children:
-                        rows = p.child_records.get(child.shape.name)
+                        rows = p.children_without_losers(child.shape.name)
                         if rows:
                             await conn.copy_records_to_table(
                                 child.stage, schema_name="pg_temp", records=rows,
                                 columns=child.columns)
+                if p.losers:
+                    await conn.execute(nsql.drop_staged, p.losers)
+                if p.staged_deletes:
+                    n = await conn.fetchval(nsql.delete, table)
+                    counts = result.of(p.namespace, Op.DELETE)
+                    counts.applied += n
+                    counts.skipped += p.staged_deletes - n
+                if p.staged_upserts and not p.direct:
                     n = await conn.fetchval(nsql.upsert, table)
                     counts = result.of(p.namespace, Op.UPSERT)
                     counts.applied += n
-                    counts.skipped += len(p.root_records) - n
+                    counts.skipped += p.staged_upserts - n
                     if n:
                         for child in nsql.children:
                             await conn.execute(child.statement)
@@ -249,5 +337,7 @@ def _describe(batch: Batch) -> str:
 def _raise_if_unavailable(exc: Exception, what: str) -> None:
     """Raise :class:`TargetUnavailable` for what may pass (connection loss, serialization
     failure, deadlock); return for anything else, which the caller re-raises as is."""
-    if is_retriable(exc):
+    if is_retriable(exc) or isinstance(
+        exc, psycopg.OperationalError | asyncpg.exceptions.ConnectionDoesNotExistError
+    ):
         raise TargetUnavailable(f"PostgreSQL unavailable while {what}") from exc

@@ -7,19 +7,25 @@ constraints) that COPY fills, and runs per batch:
 * **delete** — one statement: pick the staged deletes that beat the stored state (the
   row's version, or the tombstone's when the row is absent: newer, or equal and from the
   stream), delete those rows from ``R`` and every ``C``, and upsert their tombstones.
-* **upsert** — one statement: drop staged rows a tombstone beats, then
+* **upsert** — one statement: skip staged rows their tombstone beats, then
   ``INSERT … ON CONFLICT (k) DO UPDATE … WHERE`` the stored version is older (``<`` for
   backfill rows, ``<=`` for stream rows: two inserts in one statement, one per origin —
   their key sets are disjoint after coalescing). The ``WHERE`` of ``ON CONFLICT`` is
   evaluated against the latest committed row version after waiting for its lock, so two
   writers racing on one key end with the newer one. The same statement removes the
-  tombstones of the keys it wrote and records them in ``_m2p_applied``.
+  tombstones of the keys it wrote (a key has a row or a tombstone, never both: the
+  tombstone exists exactly while the document's last state is "deleted") and records
+  the keys in ``_m2p_applied`` for the child statements.
 * **children** — per child table, one statement: for the parents recorded in
   ``_m2p_applied``, upsert the staged child rows and delete the rows the new document no
   longer has (a shrunk array). It is a separate statement so that its snapshot, taken
   after the parent upsert waited for a concurrent writer, sees that writer's children.
 
 Rows are inserted in key order so concurrent writers lock keys in the same order.
+Lookups of stored rows and tombstones are scalar subqueries or joins with
+``unnest(ARRAY(…))`` (which the planner estimates at a handful of rows): index probes
+per staged key, so the cost follows the batch, not the size of the table or of the
+tombstone set, whatever the planner guesses about unanalysed staging tables.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from cdc.mapping.model import TableShape
 from cdc.sink.ddl import VERSION_COLUMN
 
 STREAM_COLUMN = "_m2p_stream"
+SEQ_COLUMN = "_m2p_seq"
+"""Position of the change in its batch: removes a displaced row from staging."""
 DELETES_STAGE = "_m2p_del"
 APPLIED_STAGE = "_m2p_applied"
 
@@ -52,13 +60,15 @@ def stage_ddl(name: str, shape: TableShape, *, root: bool) -> str:
     cols.append(sql.SQL("{} bigint").format(sql.Identifier(VERSION_COLUMN)))
     if root:
         cols.append(sql.SQL("{} boolean").format(sql.Identifier(STREAM_COLUMN)))
+    cols.append(sql.SQL("{} int").format(sql.Identifier(SEQ_COLUMN)))
     return _q(sql.SQL(
         "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS"
     ).format(sql.Identifier(name), sql.SQL(", ").join(cols)))
 
 
 COMMON_STAGE_DDL = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {DELETES_STAGE} (t int, k bytea, v bigint, s boolean)"
+    f"CREATE TEMP TABLE IF NOT EXISTS {DELETES_STAGE} (t int, k bytea, v bigint, s boolean,"
+    " q int)"
     " ON COMMIT DELETE ROWS;"
     f"CREATE TEMP TABLE IF NOT EXISTS {APPLIED_STAGE} (t int, k bytea) ON COMMIT DELETE ROWS"
 )
@@ -70,7 +80,7 @@ class ChildSql:
     stage: str
     statement: str
     columns: tuple[str, ...]
-    """Staging columns in COPY order."""
+    """Staging columns in COPY order (the target's, then the position)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +91,17 @@ class NamespaceSql:
     root: TableShape
     stage: str
     stage_columns: tuple[str, ...]
+    target_columns: tuple[str, ...]
+    """The root table's columns in COPY order (data columns, then the version)."""
     upsert: str
     delete: str
     children: tuple[ChildSql, ...]
     stage_ddl: str
     """Creates the staging tables of this namespace (idempotent, one script)."""
+    drop_staged: str
+    """Removes displaced changes (``$1``: their positions) from this namespace's staging."""
+    count_tombstones: str
+    """How many of the keys ``$2`` have a tombstone (direct path: none may)."""
 
 
 def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> NamespaceSql:
@@ -108,12 +124,16 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
     ins_cols = _ids([*data_cols, VERSION_COLUMN])
 
     def insert(flag: str, cmp: str) -> sql.Composed:
+        # The tombstone is read by a scalar subquery: one index probe per staged row,
+        # whatever the planner guesses about an unanalysed staging table.
         return sql.SQL(
-            "INSERT INTO {target} AS d ({cols}) SELECT {cols} FROM src WHERE {flag}{st}"
-            " ORDER BY {k} ON CONFLICT ({k}) DO UPDATE SET {sets}"
+            "INSERT INTO {target} AS d ({cols}) SELECT {cols} FROM pg_temp.{stage} s"
+            " WHERE {flag}s.{st} AND coalesce((SELECT tb.version FROM {ctl} tb"
+            " WHERE tb.table_name = $1 AND tb.key = s.{k}), -1) {cmp} s.{v}"
+            " ORDER BY s.{k} ON CONFLICT ({k}) DO UPDATE SET {sets}"
             " WHERE d.{v} {cmp} EXCLUDED.{v} RETURNING d.{k}"
-        ).format(target=target, cols=ins_cols, flag=sql.SQL(flag), st=st, k=k,
-                 sets=set_list, v=v, cmp=sql.SQL(cmp))
+        ).format(target=target, cols=ins_cols, stage=sql.Identifier(stage), flag=sql.SQL(flag),
+                 st=st, ctl=ctl, k=k, sets=set_list, v=v, cmp=sql.SQL(cmp))
 
     record_applied = (
         sql.SQL(", app AS (INSERT INTO pg_temp.{} (t, k) SELECT {}, k FROM up)").format(
@@ -121,16 +141,13 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
         if children else sql.SQL("")
     )
     upsert = sql.SQL(
-        "WITH src AS (SELECT s.* FROM pg_temp.{stage} s WHERE NOT EXISTS ("
-        " SELECT 1 FROM {ctl} tb WHERE tb.table_name = $1 AND tb.key = s.{k}"
-        " AND (tb.version > s.{v} OR (tb.version = s.{v} AND NOT s.{st})))),"
-        " up_s AS ({ins_s}), up_b AS ({ins_b}),"
+        "WITH up_s AS ({ins_s}), up_b AS ({ins_b}),"
         " up AS (SELECT {k} AS k FROM up_s UNION ALL SELECT {k} FROM up_b),"
-        " tomb AS (DELETE FROM {ctl} tb USING up WHERE tb.table_name = $1 AND tb.key = up.k)"
+        " tomb AS (DELETE FROM {ctl} tb USING unnest(ARRAY(SELECT k FROM up)) AS u(k)"
+        " WHERE tb.table_name = $1 AND tb.key = u.k)"
         "{record_applied}"
         " SELECT count(*) FROM up"
-    ).format(stage=sql.Identifier(stage), ctl=ctl, k=k, v=v, st=st,
-             ins_s=insert("", "<="), ins_b=insert("NOT ", "<"),
+    ).format(ctl=ctl, k=k, ins_s=insert("", "<="), ins_b=insert("NOT ", "<"),
              record_applied=record_applied)
 
     child_sql: list[ChildSql] = []
@@ -154,7 +171,8 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
             " ins AS (INSERT INTO {ctarget} AS d ({cols}) SELECT {cols} FROM pg_temp.{cstage}"
             " WHERE {parent} IN (SELECT k FROM parents) ORDER BY {pk}"
             " ON CONFLICT ({pk}) DO UPDATE SET {csets}),"
-            " del AS (DELETE FROM {ctarget} d WHERE d.{parent} IN (SELECT k FROM parents)"
+            " del AS (DELETE FROM {ctarget} d USING unnest(ARRAY(SELECT k FROM parents)) AS u(k)"
+            " WHERE d.{parent} = u.k"
             " AND NOT EXISTS (SELECT 1 FROM pg_temp.{cstage} s WHERE {match}))"
             " SELECT 1"
         ).format(applied=sql.Identifier(APPLIED_STAGE), idx=sql.Literal(index),
@@ -162,24 +180,33 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
                  cstage=sql.Identifier(cstage), parent=parent_col, pk=_ids(pk),
                  csets=csets, match=match)
         child_sql.append(ChildSql(child, cstage, _q(statement),
-                                  (*ccols, VERSION_COLUMN)))
+                                  (*ccols, VERSION_COLUMN, SEQ_COLUMN)))
         child_deletes.append(sql.SQL(
-            ", gone_{n} AS (DELETE FROM {ctarget} c USING d WHERE c.{parent} = d.k)"
+            ", gone_{n} AS (DELETE FROM {ctarget} c USING unnest(ARRAY(SELECT k FROM d))"
+            " AS u(k) WHERE c.{parent} = u.k)"
         ).format(n=sql.SQL(str(n)), ctarget=ctarget, parent=parent_col))
 
     delete = sql.SQL(
-        "WITH d AS (SELECT x.k, x.v FROM pg_temp.{dels} x"
-        " LEFT JOIN {target} r ON r.{k} = x.k"
-        " LEFT JOIN {ctl} tb ON tb.table_name = $1 AND tb.key = x.k"
-        " WHERE x.t = {idx} AND (greatest(r.{v}, tb.version) IS NULL"
-        " OR x.v > greatest(r.{v}, tb.version)"
-        " OR (x.v = greatest(r.{v}, tb.version) AND x.s))),"
-        " gone AS (DELETE FROM {target} r USING d WHERE r.{k} = d.k){child_deletes},"
+        "WITH c AS (SELECT x.k, x.v, x.s, greatest("
+        "(SELECT r.{v} FROM {target} r WHERE r.{k} = x.k),"
+        " (SELECT tb.version FROM {ctl} tb WHERE tb.table_name = $1 AND tb.key = x.k))"
+        " AS stored FROM pg_temp.{dels} x WHERE x.t = {idx}),"
+        " d AS (SELECT k, v FROM c WHERE stored IS NULL OR v > stored OR (v = stored AND s)),"
+        " gone AS (DELETE FROM {target} r USING unnest(ARRAY(SELECT k FROM d)) AS u(k)"
+        " WHERE r.{k} = u.k)"
+        "{child_deletes},"
         " tomb AS (INSERT INTO {ctl} (table_name, key, version) SELECT $1, k, v FROM d"
         " ON CONFLICT (table_name, key) DO UPDATE SET version = EXCLUDED.version)"
         " SELECT count(*) FROM d"
     ).format(dels=sql.Identifier(DELETES_STAGE), target=target, k=k, ctl=ctl,
              idx=sql.Literal(index), v=v, child_deletes=sql.SQL("").join(child_deletes))
+
+    drop_staged = sql.SQL(
+        "WITH a AS (DELETE FROM pg_temp.{stage} WHERE {seq} = ANY($1::int[])),"
+        " b AS (DELETE FROM pg_temp.{dels} WHERE t = {idx} AND q = ANY($1::int[]))"
+        " SELECT 1"
+    ).format(stage=sql.Identifier(stage), seq=sql.Identifier(SEQ_COLUMN),
+             dels=sql.Identifier(DELETES_STAGE), idx=sql.Literal(index))
 
     ddl = ";".join(
         [stage_ddl(stage, root, root=True)]
@@ -187,6 +214,12 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
     )
     return NamespaceSql(
         index=index, root=root, stage=stage,
-        stage_columns=(*data_cols, VERSION_COLUMN, STREAM_COLUMN),
+        stage_columns=(*data_cols, VERSION_COLUMN, STREAM_COLUMN, SEQ_COLUMN),
+        target_columns=(*data_cols, VERSION_COLUMN),
         upsert=_q(upsert), delete=_q(delete), children=tuple(child_sql), stage_ddl=ddl,
+        drop_staged=_q(drop_staged),
+        count_tombstones=_q(sql.SQL(
+            "SELECT count(*) FROM unnest($2::bytea[]) AS u(k) WHERE (SELECT true FROM {} tb"
+            " WHERE tb.table_name = $1 AND tb.key = u.k)"
+        ).format(ctl)),
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import bson
@@ -10,44 +9,55 @@ import psycopg
 from psycopg import sql
 
 from cdc.batch import Change, Op, Origin
-from cdc.errors import MappingError
-from cdc.mapping.model import Column, MappedDocument, TableShape
+from cdc.mapping import ChildRule, ColumnRule, MappingConfig, MappingRule, resolve
+from cdc.mapping.model import ReversibleMapper, TableShape
 from cdc.types import Namespace
 
 CONTROL = "m2p_ctl"
+MAPPING = MappingConfig()
 NS = Namespace("shop", "orders")
 
 
-class TempDocumentMapper:
-    """TEMPORARY stand-in until wip/mapping lands (replaced by the real DocumentMapper)."""
-
-    def __init__(self, schema: str, table: str) -> None:
-        self._table = table
-        self._shape = TableShape(
-            schema, table,
-            (Column("_key", "bytea"), Column("_id", "text", "_id"),
-             Column("_id_bson", "bytea"), Column("doc", "jsonb")),
-            ("_key",),
-        )
-
-    def tables(self) -> tuple[TableShape, ...]:
-        return (self._shape,)
-
-    def map_key(self, id_bson: bytes) -> bytes:
-        return id_bson
-
-    def map_document(self, raw: bytes) -> MappedDocument:
-        doc = bson.decode(raw)
-        text = json.dumps(doc, default=str)
-        if "\\u0000" in text:
-            raise MappingError("U+0000 cannot be stored in jsonb")
-        id_bson = bson.encode({"_id": doc["_id"]})
-        return MappedDocument(id_bson, {self._table: [(id_bson, str(doc["_id"]), id_bson,
-                                                       text)]})
+# Column mode for NS: a typed column, and line items in a child table.
+COLUMN_MAPPING = MappingConfig(rules=(MappingRule(
+    namespace=str(NS), mode="column", columns=(ColumnRule("c", "text"),),
+    children=(ChildRule("items", "orders_items", columns=(ColumnRule("n", "bigint"),)),),
+),))
 
 
-def mapper_for(ns: Namespace) -> TempDocumentMapper:
-    return TempDocumentMapper(ns.db, ns.coll)
+def mapper_for(ns: Namespace) -> ReversibleMapper:
+    """The production mapping of ``ns`` (document mode by default)."""
+    return resolve(MAPPING, ns)
+
+
+def column_mapper_for(ns: Namespace) -> ReversibleMapper:
+    return resolve(COLUMN_MAPPING, ns)
+
+
+def documents(dsn: str, mapper: ReversibleMapper) -> dict[bytes, tuple[dict[str, Any], int]]:
+    """``{_key: (document, version)}`` read back through the mapping from every table;
+    fails if a child row has no parent or carries another version than its parent."""
+    root, *children = mapper.tables()
+    with psycopg.connect(dsn) as conn:
+        conn.adapters.register_loader("jsonb", psycopg.types.string.TextLoader)
+
+        def read(shape: TableShape) -> list[tuple[Any, ...]]:
+            cols = [c.name for c in shape.columns] + ["_m2p_version"]
+            return conn.execute(sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, cols)),
+                sql.Identifier(shape.schema, shape.name),
+                sql.SQL(", ").join(map(sql.Identifier, shape.key_columns)))).fetchall()
+
+        roots = {bytes(r[0]): r for r in read(root)}
+        per_doc: dict[bytes, dict[str, list[tuple[Any, ...]]]] = {
+            k: {root.name: [r[:-1]]} for k, r in roots.items()}
+        for child in children:
+            for r in read(child):
+                parent = roots.get(bytes(r[0]))
+                assert parent is not None, f"orphan row in {child.name}"
+                assert r[-1] == parent[-1], f"{child.name} row of another version"
+                per_doc[bytes(r[0])].setdefault(child.name, []).append(r[:-1])
+    return {k: (mapper.to_document(rows), roots[k][-1]) for k, rows in per_doc.items()}
 
 
 def id_bson(i: Any) -> bytes:

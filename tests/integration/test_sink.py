@@ -193,3 +193,53 @@ async def test_lost_connection_raises_target_unavailable_and_retry_succeeds(
     await sink.apply(batch)
     assert set(rows(pg_dsn)) == {key_of(1), key_of(2)}
     assert await sink.load_checkpoint("main") == Checkpoint("main", b"t2", 2)
+
+
+async def test_backfill_delete_loses_tie_and_stream_delete_wins_it(
+    sink: Sink, pg_dsn: str
+) -> None:
+    await sink.apply(Batch([upsert(1, 8), upsert(2, 8)]))
+    result = await sink.apply(Batch([delete(1, 8, origin=BACKFILL), delete(2, 8)]))
+    assert set(rows(pg_dsn)) == {key_of(1)}
+    assert tombstones(pg_dsn) == {key_of(2): 8}
+    assert (result.of(NS, Op.DELETE).applied, result.of(NS, Op.DELETE).skipped) == (1, 1)
+
+
+async def test_ids_equal_in_mongodb_land_as_one_row(sink: Sink, pg_dsn: str) -> None:
+    # 1 (int32) and 1.0 (double) are one _id for MongoDB, hence one _key.
+    result = await sink.apply(Batch([upsert(1, 5, {"t": "int"}), upsert(1.0, 6, {"t": "dbl"}),
+                                     delete(2, 6), upsert(2.0, 7, {"t": "back"})]))
+    assert rows(pg_dsn) == {key_of(1): ({"_id": 1.0, "t": "dbl"}, 6),
+                            key_of(2): ({"_id": 2.0, "t": "back"}, 7)}
+    assert tombstones(pg_dsn) == {}
+    assert result.of(NS, Op.UPSERT).applied == 2
+    assert result.of(NS, Op.UPSERT).skipped == 1
+    assert result.of(NS, Op.DELETE).skipped == 1
+
+
+async def test_backfill_batch_lands_around_deleted_and_newer_documents(
+    sink: Sink, pg_dsn: str
+) -> None:
+    await sink.apply(Batch([delete(5, 100), upsert(3, 100, {"s": "stream"})]))
+    result = await sink.apply(Batch(
+        [upsert(i, 50, {"s": "copy"}, origin=BACKFILL) for i in range(1, 11)]))
+    got = rows(pg_dsn)
+    assert set(got) == {key_of(i) for i in range(1, 11) if i != 5}
+    assert got[key_of(3)] == ({"_id": 3, "s": "stream"}, 100)
+    assert got[key_of(7)] == ({"_id": 7, "s": "copy"}, 50)
+    assert tombstones(pg_dsn) == {key_of(5): 100}
+    assert (result.of(NS, Op.UPSERT).applied, result.of(NS, Op.UPSERT).skipped) == (8, 2)
+
+
+async def test_backfill_of_unseen_keys_lands_whole_and_stream_changes_follow(
+    sink: Sink, pg_dsn: str
+) -> None:
+    first = await sink.apply(Batch(
+        [upsert(i, 50, origin=BACKFILL) for i in range(100)] + [upsert(1.0, 50, origin=BACKFILL)]))
+    assert first.of(NS, Op.UPSERT).applied == 100
+    assert first.of(NS, Op.UPSERT).skipped == 1  # 1 and 1.0 are one document
+    await sink.apply(Batch([upsert(7, 60, {"s": "later"}), delete(8, 60)]))
+    got = rows(pg_dsn)
+    assert len(got) == 99
+    assert got[key_of(7)] == ({"_id": 7, "s": "later"}, 60)
+    assert got[key_of(1)][1] == 50
