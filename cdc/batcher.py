@@ -12,8 +12,9 @@ the checkpoint that goes with it:
   inside a group, so the size limit is soft by at most one group.
 * **Checkpoints are always safe resume points.** With no open group and the reply fully
   consumed, the checkpoint is the reply's ``postBatchResumeToken`` (past everything the
-  server scanned, even with no matching event: a quiet stream keeps advancing). With an
-  open group it is the token of the last settled event.
+  server scanned, even with no matching event: a quiet stream keeps advancing) — unless
+  the reply was full, when the last event's token says the same. With an open group it
+  is the token of the last settled event.
 * **Cuts** (:meth:`Accumulator.due`): ``max_events`` settled events, the oldest pending
   event older than ``max_wait`` seconds, or — natural batching — a reply shorter than
   requested, meaning the server had nothing more queued at that instant. Under load
@@ -106,6 +107,11 @@ class Accumulator:
         self._short_reply = count < requested
         if self._open or post_batch_token is None:
             return
+        if count and count >= requested:
+            # A full batch: the server cannot have scanned past its last event, so the
+            # last event's token is the same point (and does not depend on the server
+            # getting its post-batch token right for a batch cut by size).
+            return
         last = self._position.cluster_time if self._position else None
         times = [t for t in (last, reply_time) if t is not None]
         when = max(times) if times else ClusterTime(0, 0)
@@ -151,6 +157,9 @@ class Accumulator:
         self._committed = position
 
 
+_OP_NAMES: dict[type, str] = {Insert: "insert", Update: "update", Replace: "replace",
+                              Delete: "delete"}
+
 Resolver = Callable[[Namespace], Namespace | None]
 """Maps an event's namespace to the namespace whose table receives it, or ``None``."""
 
@@ -163,15 +172,18 @@ def to_changes(events: Sequence[ChangeEvent], resolve: Resolver = _identity
                ) -> tuple[list[Change], Counter[tuple[str, str]]]:
     """The sink's changes for ``events`` (coalesced by key) and event counts by (ns, op)."""
     latest: dict[tuple[Namespace, bytes], Change] = {}
-    counts: Counter[tuple[str, str]] = Counter()
+    seen: Counter[tuple[Namespace, str]] = Counter()
+    targets: dict[Namespace, Namespace | None] = {}
     for event in events:
         if not isinstance(event, Insert | Update | Replace | Delete):
             continue
-        target = resolve(event.ns)
+        if event.ns in targets:
+            target = targets[event.ns]
+        else:
+            target = targets[event.ns] = resolve(event.ns)
         if target is None:
             continue
-        op_name = type(event).__name__.lower()
-        counts[(str(target), op_name)] += 1
+        seen[(target, _OP_NAMES[type(event)])] += 1
         version = event.cluster_time.packed
         id_bson = id_document(event.document_key)
         if isinstance(event, Delete):
@@ -185,4 +197,6 @@ def to_changes(events: Sequence[ChangeEvent], resolve: Resolver = _identity
         key = (target, id_bson)
         latest.pop(key, None)  # re-insert so dict order is the order of last occurrence
         latest[key] = change
+    counts: Counter[tuple[str, str]] = Counter(
+        {(str(ns), op): n for (ns, op), n in seen.items()})
     return list(latest.values()), counts

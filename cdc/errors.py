@@ -121,4 +121,25 @@ def is_retriable(exc: BaseException) -> bool:
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str):
         return sqlstate in _RETRIABLE_SQLSTATES or sqlstate.startswith("08")
+    if _is_cleanup_after_lost_connection(exc):
+        return True
     return isinstance(exc, ConnectionError | TimeoutError | OSError)
+
+
+def _is_cleanup_after_lost_connection(exc: BaseException) -> bool:
+    """asyncpg raises ``InterfaceError`` ("the underlying connection is closed") from
+    ``Transaction.__aexit__`` when the backend was terminated mid-transaction; it
+    replaces the retriable error that caused it, which stays as its ``__context__``.
+    ``InternalClientError`` ("cannot switch to state …") is what a pooled connection
+    whose backend was just terminated raises on its next query; the pool replaces it."""
+    try:
+        from asyncpg import InterfaceError
+        from asyncpg.exceptions import InternalClientError
+    except ImportError:  # pragma: no cover - asyncpg is a hard dependency
+        return False
+    if isinstance(exc, InternalClientError):
+        return True
+    if not isinstance(exc, InterfaceError):
+        return False
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and cause is not exc and is_retriable(cause)

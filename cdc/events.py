@@ -33,7 +33,8 @@ import msgspec
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
-from cdc.errors import DataError
+from cdc.errors import DataError, MappingError
+from cdc.mapping.keys import id_bson_from_raw
 from cdc.types import ClusterTime, Namespace
 
 
@@ -115,10 +116,22 @@ def _raw(value: Any) -> bytes:
     raise EventDecodeError(f"expected a document, got {type(value).__name__}")
 
 
+_NS_CACHE: dict[bytes, Namespace] = {}
+
+
 def _ns(value: Any) -> Namespace:
+    # Events of a namespace repeat the same few bytes: decode them once.
+    key = bytes(value.raw) if isinstance(value, RawBSONDocument) else None
+    if key is not None:
+        found = _NS_CACHE.get(key)
+        if found is not None:
+            return found
     if not isinstance(value, Mapping) or "db" not in value or "coll" not in value:
         raise EventDecodeError("event has no complete 'ns'")
-    return Namespace(str(value["db"]), str(value["coll"]))
+    ns = Namespace(str(value["db"]), str(value["coll"]))
+    if key is not None and len(_NS_CACHE) < 10_000:
+        _NS_CACHE[key] = ns
+    return ns
 
 
 def _cluster_time(doc: Mapping[str, Any]) -> ClusterTime:
@@ -181,11 +194,12 @@ def decode_event(doc: Mapping[str, Any]) -> ChangeEvent:
 
 
 def id_document(document_key: bytes) -> bytes:
-    """BSON ``{"_id": value}`` from a raw ``documentKey``, keeping the value's BSON type."""
-    key = RawBSONDocument(document_key)
-    if "_id" not in key:
-        raise EventDecodeError("documentKey has no '_id'")
-    return bson.encode({"_id": key["_id"]})
+    """BSON ``{"_id": value}`` cut byte for byte out of a raw ``documentKey`` (the value
+    keeps its exact BSON type; shard key fields are left out)."""
+    try:
+        return id_bson_from_raw(document_key)
+    except MappingError as exc:
+        raise EventDecodeError("documentKey has no readable '_id'") from exc
 
 
 def token_cluster_time(token: bytes) -> ClusterTime | None:

@@ -147,6 +147,7 @@ class Tailer:
         self._marked_dbs: set[str] = set()
         self._aliases: dict[Namespace, Namespace] = {}
         self._lag_at = 0.0
+        self._prefetched: Reply | OperationFailure | None = None
 
     # ------------------------------------------------------------------ public
     @property
@@ -178,25 +179,55 @@ class Tailer:
                 await self._drop_cursor()
 
     async def run_once(self) -> int:
-        """One read+apply step (the seam tests drive); returns the events read."""
+        """One read+apply step (the seam tests drive); returns the events read.
+
+        When the step ends in a flush, the next ``getMore`` is issued while the batch is
+        applied (kept for the next step), so reading and writing overlap under load.
+        """
         await self._prepare()
         if self._cursor is None or not self._cursor.alive:
-            reply = await self._open()
+            reply: Reply | OperationFailure = await self._open()
+        elif self._prefetched is not None:
+            reply, self._prefetched = self._prefetched, None
         else:
             try:
                 reply = await self._cursor.next_batch(self._await_ms())
             except OperationFailure as exc:
                 if (exc.code or 0) not in TOO_LARGE_CODES:
                     raise
-                await self._skip_too_large()
-                return 1
+                reply = exc
+        if isinstance(reply, OperationFailure):
+            await self._skip_too_large()
+            return 1
         count = await self._consume(reply)
         if self._acc.due(time.monotonic()):
-            await self._flush()
+            if self._cursor is not None and self._cursor.alive:
+                await self._flush_and_prefetch(self._cursor)
+            else:
+                await self._flush()
         if time.monotonic() - self._lag_at >= self._config.lag_interval_ms / 1000:
             self._lag_at = time.monotonic()
             await self.lag_seconds()
         return count
+
+    async def _flush_and_prefetch(self, cursor: ChangeStreamCursor) -> None:
+        got: list[Reply | OperationFailure] = []
+
+        async def prefetch() -> None:
+            try:
+                got.append(await cursor.next_batch(self._config.max_await_ms))
+            except OperationFailure as exc:
+                if (exc.code or 0) not in TOO_LARGE_CODES:
+                    raise
+                got.append(exc)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(prefetch)
+                await self._flush()
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        self._prefetched = got[0] if got else None
 
     async def close(self) -> None:
         """Close the server cursor (the tailer may be run again afterwards)."""
@@ -267,6 +298,7 @@ class Tailer:
             return reply
 
     async def _drop_cursor(self) -> None:
+        self._prefetched = None
         cursor, self._cursor = self._cursor, None
         if cursor is not None:
             with anyio.move_on_after(2):
@@ -474,15 +506,24 @@ class Tailer:
         return bytes(found.raw) if found is not None else None
 
 
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that failed a read/apply pair (not the cancellation it caused)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, anyio.get_cancelled_exc_class()):
+            return exc
+    return group.exceptions[0]
+
+
 def _unknown_stage(exc: OperationFailure) -> bool:
     return (exc.code or 0) in UNKNOWN_STAGE_CODES or "SplitLargeEvent" in str(exc)
 
 
 def _state_of(sink: Any) -> StreamState:
-    """The control-schema store of ``sink`` (its DSN and schema)."""
-    dsn = getattr(sink, "dsn", None)
-    schema = getattr(sink, "control_schema", None) or getattr(sink, "schema", "mongo2pg")
-    if not isinstance(dsn, str):
-        raise TypeError("pass state= or a sink exposing .dsn and .control_schema")
-    return StreamState(dsn, str(schema))
-
+    """The control-schema store sharing the sink's pool and control schema."""
+    pool = getattr(sink, "pool", None) or getattr(sink, "_pool", None)
+    schema = getattr(sink, "control_schema", None) or getattr(sink, "_schema", None)
+    if pool is None or not isinstance(schema, str):
+        raise TypeError("pass state= or a sink exposing its pool and control schema")
+    return StreamState(pool, schema)

@@ -138,3 +138,12 @@ def test_resolver_redirects_or_skips_namespaces_and_ddl_events_emit_nothing() ->
     changes, _ = to_changes(events, lambda ns: NS if ns == OTHER else None)
     assert [c.namespace for c in changes] == [NS]
     assert bson.decode(changes[0].id_bson) == {"_id": 1}
+
+
+def test_a_full_reply_checkpoints_at_its_last_event_not_past_it() -> None:
+    acc = Accumulator(max_events=100, max_wait=1.0)
+    acc.start_at(None)
+    feed(acc, [ins(1, 1), ins(2, 2)], pbrt=50, requested=2)
+    pending = acc.take()
+    assert pending is not None
+    assert pending.position == Position(tok(2), ClusterTime(100, 2))

@@ -75,3 +75,19 @@ def test_waits_grow_exponentially_with_jitter_under_the_cap() -> None:
     assert caps[0] <= 0.01 + 1e-9
     assert caps[2] > caps[0]  # grows
     assert min(caps[5:]) > 0.04  # then the cap holds
+
+
+def test_asyncpg_cleanup_error_after_a_lost_connection_is_retriable() -> None:
+    import asyncpg
+
+    from cdc.errors import is_retriable
+
+    try:
+        try:
+            raise asyncpg.exceptions.AdminShutdownError("terminating connection")
+        except asyncpg.exceptions.AdminShutdownError:
+            raise asyncpg.InterfaceError("the underlying connection is closed") from None
+    except asyncpg.InterfaceError as exc:
+        # "from None" hides the context from tracebacks but keeps __context__.
+        assert is_retriable(exc)
+    assert not is_retriable(asyncpg.InterfaceError("misuse"))

@@ -1,0 +1,144 @@
+"""DDL on watched namespaces under each policy; none ever deletes target data."""
+
+from __future__ import annotations
+
+import uuid
+
+import anyio
+
+from cdc import metrics
+from cdc.state import StreamState
+from cdc.stream import StreamConfig, Tailer
+from tests.integration.test_stream import catch_up
+from tests.support.tailing import CONTROL, differences, mongo, open_sink, pg_connect
+
+
+def unique_db() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+async def rows(pg_dsn: str, table: str) -> int:
+    conn = await pg_connect(pg_dsn)
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
+    finally:
+        await conn.close()
+
+
+def test_mark_policy_records_a_drop_and_stops_applying_to_the_table(
+        mongo_uri: str, pg_dsn: str) -> None:
+    db = unique_db()
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        coll = client[db]["c"]
+        async with open_sink(pg_dsn) as sink:
+            config = StreamConfig(batch_max_ms=50, max_await_ms=50, ddl={f"{db}.c": "mark"})
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.*"], config=config)
+            await tailer.run_once()
+            await coll.insert_many([{"_id": i} for i in range(5)])
+            await coll.drop()
+            await coll.insert_one({"_id": "after-drop"})
+            await client[db]["other"].insert_one({"_id": 1})
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+            marks = await StreamState(sink._pool, CONTROL).with_prefix("ddl:main:")
+            assert marks[f"ddl:main:{db}.c"]["op"] == "drop"
+            # A restarted tailer keeps the mark.
+            again = Tailer(client=client, sink=sink, include=[f"{db}.*"], config=config)
+            await client[db]["c"].insert_one({"_id": "after-restart"})
+            await catch_up(again, client, step=True)
+            await again.close()
+        assert await rows(pg_dsn, f'"{db}"."c"') == 5  # kept, and nothing new applied
+        assert await differences(client, pg_dsn, [f"{db}.other"]) == []
+        await client.close()
+
+    anyio.run(main)
+
+
+def test_ignore_policy_keeps_applying_after_a_drop_without_deleting_rows(
+        mongo_uri: str, pg_dsn: str) -> None:
+    db = unique_db()
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        coll = client[db]["c"]
+        async with open_sink(pg_dsn) as sink:
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.c"],
+                            config=StreamConfig(batch_max_ms=50, max_await_ms=50,
+                                                ddl_default="ignore"))
+            await tailer.run_once()
+            await coll.insert_many([{"_id": i} for i in range(3)])
+            await coll.drop()
+            await coll.insert_one({"_id": "again"})
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+        assert await rows(pg_dsn, f'"{db}"."c"') == 4
+        await client.close()
+
+    anyio.run(main)
+
+
+def test_follow_policy_applies_the_renamed_collection_to_the_old_table(
+        mongo_uri: str, pg_dsn: str) -> None:
+    db = unique_db()
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        coll = client[db]["old"]
+        async with open_sink(pg_dsn) as sink:
+            config = StreamConfig(batch_max_ms=50, max_await_ms=50, ddl_default="follow")
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.old"], config=config)
+            await tailer.run_once()
+            await coll.insert_many([{"_id": i, "v": 0} for i in range(3)])
+            await coll.rename("new")
+            new = client[db]["new"]
+            await new.update_one({"_id": 0}, {"$set": {"v": 1}})
+            await new.insert_one({"_id": 3, "v": 3})
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+            # The alias survives a restart.
+            again = Tailer(client=client, sink=sink, include=[f"{db}.old"], config=config)
+            await new.delete_one({"_id": 1})
+            await catch_up(again, client, step=True)
+            await again.close()
+        conn = await pg_connect(pg_dsn)
+        try:
+            query = f'SELECT _id, doc->>\'v\' AS v FROM "{db}"."old" ORDER BY _id'  # noqa: S608
+            got = await conn.fetch(query)
+        finally:
+            await conn.close()
+        assert [(r["_id"], r["v"]) for r in got] == [("0", "1"), ("2", "0"), ("3", "3")]
+        await client.close()
+
+    anyio.run(main)
+
+
+def test_drop_database_invalidates_a_database_stream_without_wedging_it(
+        mongo_uri: str, pg_dsn: str) -> None:
+    db = unique_db()
+
+    invalidated = metrics.DDL_EVENTS.labels("", "invalidate")
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        before = invalidated._value.get()
+        async with open_sink(pg_dsn) as sink:
+            config = StreamConfig(batch_max_ms=50, max_await_ms=50, ddl_default="ignore")
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.*"], config=config)
+            await tailer.run_once()
+            await client[db]["c"].insert_many([{"_id": i} for i in range(3)])
+            await client.drop_database(db)
+            await client[db]["c"].insert_one({"_id": "reborn"})
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+            assert invalidated._value.get() >= before + 1
+            # And a restart from the checkpoint taken around the invalidate works too.
+            again = Tailer(client=client, sink=sink, include=[f"{db}.*"], config=config)
+            await client[db]["c"].insert_one({"_id": "after-restart"})
+            await catch_up(again, client, step=True)
+            await again.close()
+        assert await rows(pg_dsn, f'"{db}"."c"') == 5  # nothing deleted, new ones applied
+        await client.close()
+
+    anyio.run(main)

@@ -1,0 +1,1 @@
+"""Helpers for the tailer's tests: workloads, comparison, a tailer in a subprocess."""
