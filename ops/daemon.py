@@ -45,7 +45,6 @@ from cdc.errors import HistoryLostError, Mongo2pgError
 from cdc.mapping import resolve
 from cdc.mapping.model import Mapper
 from cdc.sink import Sink
-from cdc.state import StreamState
 from cdc.stream import Tailer
 from cdc.types import ZERO_TIME, ClusterTime, Namespace, Phase
 from ops.config import Config
@@ -162,8 +161,7 @@ class Daemon:
         reported = False
         while True:
             tailer = Tailer(client=self.client, sink=self.sink, include=list(cfg.include),
-                            config=cfg.stream, start_fresh=fresh,
-                            state=StreamState(cfg.target.dsn, self.schema))
+                            config=cfg.stream, start_fresh=fresh)
             self.tailer = tailer
             try:
                 async with anyio.create_task_group() as tg:

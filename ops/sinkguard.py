@@ -5,7 +5,7 @@ connection; two tasks (the tailer and a backfill worker, or two workers) seeing 
 namespace at the same moment would interleave two DDL transactions on that connection.
 :class:`GuardedSink` lets batches of already-seen namespaces through concurrently and
 runs a batch that brings a new namespace alone, under a lock. Everything else is the
-sink's own behaviour (same ``apply`` and ``load_checkpoint``).
+sink's own behaviour (same ``apply``, ``load_checkpoint``, pool and control schema).
 """
 
 from __future__ import annotations
@@ -33,6 +33,16 @@ class GuardedSink:
             result = await self.sink.apply(batch)
             self._seen |= namespaces
             return result
+
+    @property
+    def pool(self) -> Any:
+        """The sink's data-plane pool (the tailer keeps its state rows through it)."""
+        return getattr(self.sink, "pool", None) or getattr(self.sink, "_pool", None)
+
+    @property
+    def control_schema(self) -> str:
+        schema = getattr(self.sink, "control_schema", None) or self.sink._schema
+        return str(schema)
 
     async def load_checkpoint(self, stream: str) -> Checkpoint | None:
         return await self.sink.load_checkpoint(stream)

@@ -19,7 +19,6 @@ from cdc.cursor import operation_time
 from cdc.mapping import MappingConfig, resolve
 from cdc.mapping.model import Mapper
 from cdc.sink import Sink
-from cdc.state import StreamState
 from cdc.stream import StreamConfig, Tailer
 from cdc.types import ClusterTime, Namespace
 from ops.compare import Comparison, compare_all
@@ -80,8 +79,7 @@ async def pipeline(mongo_uri: str, dsn: str, include: list[str],
     sink = GuardedSink(raw_sink)
     store = await ChunkStore.connect(dsn, CONTROL, owner, lease_seconds=30)
     tailer = Tailer(client=client, sink=sink, include=include,
-                    config=StreamConfig(batch_max_ms=50, max_await_ms=100),
-                    state=StreamState(dsn, CONTROL))
+                    config=StreamConfig(batch_max_ms=50, max_await_ms=100))
     try:
         async with anyio.create_task_group() as tg:
             start = await tg.start(tailer.run)
