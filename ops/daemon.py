@@ -245,18 +245,20 @@ class Daemon:
     async def _watch_lag(self) -> None:
         cfg = self.config.phases
         while not self._resync.is_set() and not self.stopping:
+            phase = self.phases.current
+            if phase not in (Phase.CATCHING_UP, Phase.IN_SYNC):
+                return  # resync (or cutover) took over: the lifecycle loop decides
             lag: float | None = None
             if self.tailer is not None:
                 try:
                     lag = await self.tailer.lag_seconds()
                 except Exception as exc:  # unreachable source: no decision this round
                     log.warning("lag unknown: %s", type(exc).__name__)
-            phase = self.phases.current
             target = next_phase(phase, stream_started=True, backfill_done=True,
                                 lag_seconds=lag, threshold=cfg.in_sync_lag_seconds,
                                 history_lost=False)
-            if target is not phase:
-                await self.phases.move(target, f"lag {lag:.1f}s" if lag is not None else None)
+            reason = f"lag {lag:.1f}s" if lag is not None else None
+            if target is not phase and await self.phases.move(target, reason, expect=phase):
                 log.info("phase", extra={"fields": {"phase": target.value}})
             with anyio.move_on_after(cfg.check_interval_seconds):
                 await self._resync.wait()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import psycopg
 from prometheus_client import Gauge
 from psycopg import sql
@@ -90,6 +91,7 @@ class PhaseMachine:
         self._table = sql.Identifier(schema, "phase")
         self.current = Phase.INIT
         self.reason: str | None = None
+        self._lock = anyio.Lock()
 
     async def _conn(self) -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
@@ -116,11 +118,15 @@ class PhaseMachine:
         self.current, self.reason = phase, reason
         export(phase)
 
-    async def move(self, phase: Phase, reason: str | None = None) -> bool:
-        """Go to ``phase``; False when already there; InvariantError when not allowed."""
-        if phase is self.current:
-            return False
-        if phase not in ALLOWED[self.current]:
-            raise InvariantError(f"phase {self.current} cannot move to {phase}")
-        await self._write(phase, reason)
-        return True
+    async def move(self, phase: Phase, reason: str | None = None, *,
+                   expect: Phase | None = None) -> bool:
+        """Go to ``phase``; False when already there, or (compare-and-set) when the phase
+        is no longer ``expect``; InvariantError when the transition is not allowed.
+        Moves are serialised, so concurrent deciders never interleave their writes."""
+        async with self._lock:
+            if phase is self.current or (expect is not None and self.current is not expect):
+                return False
+            if phase not in ALLOWED[self.current]:
+                raise InvariantError(f"phase {self.current} cannot move to {phase}")
+            await self._write(phase, reason)
+            return True
