@@ -71,6 +71,9 @@ def test_one_chunk_for_small_or_empty_collections() -> None:
     assert chunk_count(SizeEstimate(10_000, 1_000_000.0),
                        BackfillConfig(chunk_documents=1000, chunk_bytes=100_000_000)) == 100
     assert chunks_from_splits(NS, [])[0].lower is None
+    # A collection smaller than one chunk is still cut for the workers.
+    assert chunk_count(SizeEstimate(50_000, 100.0),
+                       BackfillConfig(workers=4, chunk_documents=100_000, batch_size=1000)) == 8
 
 
 ids = st.one_of(
