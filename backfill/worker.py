@@ -41,6 +41,7 @@ from cdc.errors import InvariantError, is_retriable
 from cdc.types import ClusterTime, Namespace
 
 log = logging.getLogger("mongo2pg.backfill")
+MAX_WORKERS = 16
 
 
 class SinkLike(Protocol):
@@ -96,7 +97,8 @@ class Backfill:
         return self._stop.is_set()
 
     def set_workers(self, n: int) -> None:
-        """Change how many chunks this process copies at once (takes effect per chunk)."""
+        """Change how many chunks this process copies at once (takes effect per chunk;
+        up to ``MAX_WORKERS`` or the configured count, whichever is larger)."""
         self.limiter.total_tokens = max(1, n)
 
     # -- planning --------------------------------------------------------------------
@@ -121,7 +123,8 @@ class Backfill:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._report_loop, progress_line)
             async with anyio.create_task_group() as workers:
-                for _ in range(max(1, self.config.workers)):
+                # Spare tasks wait on the limiter, so set_workers can also raise the count.
+                for _ in range(max(MAX_WORKERS, self.config.workers)):
                     workers.start_soon(self._worker, list(namespaces))
             tg.cancel_scope.cancel()
         await self.refresh_progress(progress_line)

@@ -84,7 +84,7 @@ def _run_cmd(args: argparse.Namespace) -> int:
     setup_logging(args.log_format or config.log.format, config.log.level)
     from ops.daemon import run_daemon
 
-    return run_daemon(config)
+    return run_daemon(config, reload=lambda: _run_overrides(effective_config(args), args))
 
 
 def _sandbox_args(p: argparse.ArgumentParser) -> None:

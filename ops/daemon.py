@@ -17,6 +17,9 @@ history loss (:class:`cdc.errors.HistoryLostError`) the stream task sets
 chunks of every included namespace and copies them again (``backfilling`` →
 ``catching_up``): the version guard makes re-copying safe.
 
+SIGHUP re-reads the configuration and applies ``[backfill] throttle_docs_per_second``
+and ``workers`` to the running copy (a throttle change takes effect at the next batch).
+
 Signals: the first SIGTERM/SIGINT asks the backfill to stop after the batches being
 written (unfinished chunks go back to the pool), then cancels the root scope — the
 tailer commits each batch with its checkpoint in one transaction, so cancelling it
@@ -32,10 +35,12 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import anyio.abc
+import msgspec
 import psycopg
 from pymongo import AsyncMongoClient
 
@@ -55,18 +60,20 @@ from ops.sinkguard import GuardedSink
 log = logging.getLogger("mongo2pg.daemon")
 
 
-def run_daemon(config: Config) -> int:
-    """Run until SIGTERM; returns the process exit code."""
+def run_daemon(config: Config, reload: Callable[[], Config] | None = None) -> int:
+    """Run until SIGTERM; returns the process exit code. ``reload`` (the CLI passes one)
+    re-reads the configuration on SIGHUP."""
     try:
-        return anyio.run(Daemon(config).run, backend="asyncio")
+        return anyio.run(Daemon(config, reload).run, backend="asyncio")
     except Mongo2pgError as exc:
         log.error("daemon stopped: %s", type(exc).__name__, exc_info=exc)
         return 1
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, reload: Callable[[], Config] | None = None) -> None:
         self.config = config
+        self._reload = reload
         self.schema = config.target.control_schema
         self.exit_code = 0
         self.stopping = False
@@ -131,8 +138,12 @@ class Daemon:
 
     # ---------------------------------------------------------------- signals
     async def _signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP
+                                        ) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.reload_backfill_settings()
+                    continue
                 if self.stopping:
                     log.warning("second signal: exiting at once")
                     os._exit(1)
@@ -141,6 +152,23 @@ class Daemon:
                          extra={"fields": {"signal": signal.Signals(signum).name}})
                 assert self._root is not None
                 self._root.start_soon(self._drain)
+
+    def reload_backfill_settings(self) -> None:
+        """SIGHUP: apply the file's backfill throttle and worker count to the running copy."""
+        if self._reload is None:
+            return
+        try:
+            fresh = self._reload()
+        except Mongo2pgError as exc:
+            log.error("configuration not reloaded: %s", type(exc).__name__)
+            return
+        self.config = msgspec.structs.replace(self.config, backfill=fresh.backfill)
+        if self.backfill is not None:
+            self.backfill.throttle.set_rate(fresh.backfill.throttle_docs_per_second)
+            self.backfill.set_workers(fresh.backfill.workers)
+        log.info("backfill settings reloaded", extra={"fields": {
+            "throttle_docs_per_second": fresh.backfill.throttle_docs_per_second,
+            "workers": fresh.backfill.workers}})
 
     async def _drain(self) -> None:
         if self.backfill is not None:

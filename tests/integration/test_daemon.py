@@ -66,3 +66,26 @@ def test_daemon_migrates_live_writes_and_exits_zero_on_sigterm(
     result = compare(mongo_uri, pg_dsn, [Namespace(db, c) for c in ("a", "b", "c")])
     assert result.documents == 3000 - 100 + 1000 + 50
     assert result.mismatches == 0
+
+
+def test_sighup_lifts_the_backfill_throttle_at_run_time(
+    mongo_uri: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    db = f"dh_{uuid.uuid4().hex[:8]}"
+    with MongoClient[dict[str, Any]](mongo_uri) as mongo:
+        mongo[db]["c"].insert_many([{"_id": i} for i in range(20_000)])
+    cfg = tmp_path / "m.toml"
+    port = write_config(cfg, mongo_uri=mongo_uri, dsn=pg_dsn, include=[f"{db}.c"],
+                        chunk_documents=2000, batch_size=200, throttle=400)
+    proc = start_daemon(cfg, tmp_path / "daemon.log")
+    try:
+        wait_for(lambda: copied_docs(pg_dsn) > 0, 30, "first chunk")
+        # At 400 docs/s the copy would take 50 s; lift the throttle in the file, SIGHUP.
+        write_config(cfg, mongo_uri=mongo_uri, dsn=pg_dsn, include=[f"{db}.c"],
+                     chunk_documents=2000, batch_size=200, throttle=0, port=port)
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: phase(pg_dsn) == "in_sync", 25, "in_sync after SIGHUP")
+    finally:
+        assert stop(proc) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    assert "backfill settings reloaded" in (tmp_path / "daemon.log").read_text()
+    assert compare(mongo_uri, pg_dsn, [Namespace(db, "c")]).mismatches == 0
