@@ -140,6 +140,37 @@ class ChunkStore:
             (_estimate_key(namespace),
              json.dumps({"documents": estimate.documents, "avg_bytes": estimate.avg_bytes})))
 
+    async def get_fact(self, key: str) -> Any | None:
+        """A value of ``stream_state`` (JSON), or None."""
+        cur = await self._exec(
+            sql.SQL("SELECT value FROM {} WHERE key = %s").format(self._state), (key,))
+        row = await cur.fetchone()
+        return None if row is None else row[0]
+
+    async def set_fact(self, key: str, value: Any) -> None:
+        await self._exec(
+            sql.SQL("INSERT INTO {} (key, value) VALUES (%s, %s::jsonb) ON CONFLICT (key) "
+                    "DO UPDATE SET value = EXCLUDED.value").format(self._state),
+            (key, json.dumps(value)))
+
+    async def delete_fact(self, key: str) -> None:
+        await self._exec(sql.SQL("DELETE FROM {} WHERE key = %s").format(self._state), (key,))
+
+    async def stale_ids(self, schema: str, table: str, before: int, *, after: bytes = b"",
+                        limit: int = 1000) -> list[tuple[bytes, bytes]]:
+        """``(_key, _id_bson)`` of target rows older than ``before``, in key order after
+        ``after`` (keyset pagination); an absent table has none."""
+        exists = await self._exec("SELECT to_regclass(%s)", (
+            sql.Identifier(schema, table).as_string(self.conn),))
+        row = await exists.fetchone()
+        if row is None or row[0] is None:
+            return []
+        cur = await self._exec(
+            sql.SQL("SELECT _key, _id_bson FROM {} WHERE _m2p_version < %s AND _key > %s "
+                    "ORDER BY _key LIMIT %s").format(sql.Identifier(schema, table)),
+            (before, after, limit))
+        return [(bytes(r[0]), bytes(r[1])) for r in await cur.fetchall()]
+
     async def reset(self, namespaces: Sequence[Namespace]) -> None:
         """Forget the chunks of ``namespaces`` so they are planned and copied again."""
         if not namespaces:

@@ -237,6 +237,24 @@ class Backfill:
                 await self.sink.apply(Batch(deletes))
         return found
 
+    async def sweep_stale(self, namespace: Namespace, schema: str, table: str,
+                          before: ClusterTime) -> int:
+        """After a full re-copy that started at ``before``: every row still older than
+        that belongs to a document that did not exist when its chunk was read (deleted
+        while the stream had lost its history). Each is re-read by ``_id`` and written
+        again — an upsert if it exists after all, else a delete at the read label."""
+        swept = 0
+        after = b""
+        while True:
+            rows = await self.store.stale_ids(schema, table, before.packed, after=after,
+                                              limit=self.config.batch_size)
+            if not rows:
+                return swept
+            after = rows[-1][0]
+            ids = [bson.decode(id_bson)["_id"] for _, id_bson in rows]
+            await self.copy_ids(namespace, ids)
+            swept += len(ids)
+
     # -- progress --------------------------------------------------------------------
     async def refresh_progress(self, progress_line: Callable[[str], None] | None = None
                                ) -> ProgressTracker:

@@ -15,7 +15,9 @@ history loss (:class:`cdc.errors.HistoryLostError`) the stream task sets
 ``resync_required``, stops the running backfill, and restarts the tailer with
 ``start_fresh``; the lifecycle task then waits for the new stream start, forgets the
 chunks of every included namespace and copies them again (``backfilling`` →
-``catching_up``): the version guard makes re-copying safe.
+``catching_up``): the version guard makes re-copying safe. Rows still older than the
+new stream start after the re-copy belong to documents deleted during the lost window;
+each is re-read by ``_id`` and deleted (or refreshed) through the sink.
 
 SIGHUP re-reads the configuration and applies ``[backfill] throttle_docs_per_second``
 and ``workers`` to the running copy (a throttle change takes effect at the next batch).
@@ -58,6 +60,7 @@ from ops.phases import MANAGED, PhaseMachine, next_phase
 from ops.sinkguard import GuardedSink
 
 log = logging.getLogger("mongo2pg.daemon")
+SWEEP_KEY = "resync.sweep_before"
 
 
 def run_daemon(config: Config, reload: Callable[[], Config] | None = None) -> int:
@@ -223,6 +226,8 @@ class Daemon:
                 await self._stream_ready.wait()
                 self._resync = anyio.Event()
                 namespaces = await self._namespaces()
+                # Remembered so a restart still sweeps after finishing the re-copy.
+                await self.store.set_fact(SWEEP_KEY, self.stream_start.packed)
                 await self.store.reset(namespaces)
                 await self.phases.move(Phase.BACKFILLING, "re-copy after history loss")
             elif phase is Phase.INIT:
@@ -231,9 +236,26 @@ class Daemon:
                 if self.stopping:
                     return
                 continue  # resync requested while copying
+            await self._sweep_after_resync()
             if self.phases.current is Phase.BACKFILLING:
                 await self.phases.move(Phase.CATCHING_UP, "backfill done")
             await self._watch_lag()
+
+    async def _sweep_after_resync(self) -> None:
+        """Remove rows of documents deleted while the stream had lost its history."""
+        before = await self.store.get_fact(SWEEP_KEY)
+        if before is None:
+            return
+        bf = Backfill(client=self.client, sink=self.sink, store=self.store,
+                      config=self.config.backfill, stream_start=self.stream_start)
+        swept = 0
+        for ns in await self._namespaces():
+            root = self.mapper_for(ns).tables()[0]
+            swept += await bf.sweep_stale(ns, root.schema, root.name,
+                                          ClusterTime.from_packed(int(before)))
+        await self.store.delete_fact(SWEEP_KEY)
+        log.info("rows older than the re-copy checked again", extra={"fields": {
+            "rows": swept}})
 
     async def _run_backfill(self) -> bool:
         namespaces = await self._namespaces()
