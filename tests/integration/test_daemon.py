@@ -41,7 +41,7 @@ def test_daemon_migrates_live_writes_and_exits_zero_on_sigterm(
         mongo[db]["b"].insert_many([{"s": str(i), "sub": {"k": i}} for i in range(1000)])
         cfg = tmp_path / "m.toml"
         port = write_config(cfg, mongo_uri=mongo_uri, dsn=pg_dsn, include=[f"{db}.*"],
-                            throttle=4000)
+                            throttle=1000)
         proc = start_daemon(cfg, tmp_path / "daemon.log")
         try:
             wait_for(lambda: phase(pg_dsn) == "backfilling", 30, "backfilling")
