@@ -48,7 +48,7 @@ from pymongo import AsyncMongoClient
 
 from backfill.chunks import ChunkStore
 from backfill.worker import Backfill, default_owner, expand_namespaces
-from cdc.errors import HistoryLostError, Mongo2pgError
+from cdc.errors import ConfigError, HistoryLostError, Mongo2pgError
 from cdc.mapping import resolve
 from cdc.mapping.model import Mapper
 from cdc.sink import Sink
@@ -68,9 +68,21 @@ def run_daemon(config: Config, reload: Callable[[], Config] | None = None) -> in
     re-reads the configuration on SIGHUP."""
     try:
         return anyio.run(Daemon(config, reload).run, backend="asyncio")
-    except Mongo2pgError as exc:
-        log.error("daemon stopped: %s", type(exc).__name__, exc_info=exc)
+    except Exception as exc:
+        leaves = _leaves(exc)
+        for leaf in leaves:
+            if isinstance(leaf, ConfigError):
+                raise leaf from None  # the CLI prints one line, exit code 2
+        log.error("daemon stopped on an error: %s",
+                  ", ".join(type(e).__name__ for e in leaves), exc_info=exc)
         return 1
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups; task groups wrap what they raise."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 class Daemon:
