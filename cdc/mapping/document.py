@@ -55,6 +55,10 @@ def key_parts(doc: dict[str, Any], raw: bytes) -> tuple[bytes, str, bytes]:
         value = doc["_id"]
     except KeyError:
         raise MappingError("document has no _id") from None
+    if type(value) is ObjectId and raw[4:9] == b"\x07_id\x00":
+        # The common case, inlined: an ObjectId _id stored first.
+        binary = value.binary
+        return b"\x23" + binary, binary.hex(), b"\x16\x00\x00\x00" + raw[4:21] + b"\x00"
     return encode_key_value(value), render_id(value), id_bson_from_raw(raw)
 
 

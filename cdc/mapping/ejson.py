@@ -8,8 +8,9 @@ into their Extended JSON wrappers (``{"$oid": …}``, ``{"$date": …}``…). ms
 hook plain floats and writes NaN/±Infinity as ``null``; so a cheap scan of the *raw*
 bytes looks for anything the fast path would get wrong — a non-finite or negative-zero
 double, a field name starting with ``$`` — and sends such documents to the exact walker
-(:func:`to_ejson`). A string containing U+0000 (PostgreSQL's text and jsonb reject it)
-raises :class:`MappingError`; nothing is ever silently changed.
+(:func:`to_ejson`); a scan of the JSON output does the same for a possible U+0000 or a
+number written in exponent form. A string containing U+0000 (PostgreSQL's text and
+jsonb reject it) raises :class:`MappingError`; nothing is ever silently changed.
 
 Canonical mode always uses the walker (every number wrapped with its type), and is the
 flavour that round-trips exactly. :func:`from_ejson` parses both flavours back into the
@@ -19,8 +20,9 @@ Deviations from the Extended JSON spec, all to survive PostgreSQL's ``jsonb``, w
 stores numbers as ``numeric``: a negative zero double and a double of magnitude >= 1e16
 (which JSON writes as ``1e16`` and jsonb would turn into an integer) are written as
 ``{"$numberDouble": "…"}`` in relaxed mode too; and a sub-document whose keys are
-exactly those of a type wrapper (``{"$oid": "x"}``) cannot be told from the wrapper by
-any parser, so it raises :class:`MappingError` instead of being written ambiguously.
+exactly those of a type wrapper :func:`from_ejson` reads (``{"$oid": "x"}``) cannot be
+told from the wrapper, so it raises :class:`MappingError` instead of being written
+ambiguously.
 """
 
 from __future__ import annotations
@@ -130,7 +132,9 @@ def _enc_hook(value: Any) -> Any:
 
 
 _ENCODER = msgspec.json.Encoder(enc_hook=_enc_hook)
-_BIG_DOUBLE = re.compile(rb"[0-9]e[1-3]")
+_EXPONENT = re.compile(rb"e[1-9]")  # one pass; sre finds the literal 'e' fast
+_NUMBER_CHARS = b"0123456789.-"
+_VALUE_OPENERS = b":,["
 _NEG_ZERO = b"\x00\x00\x00\x00\x00\x00\x00\x80"
 
 
@@ -169,29 +173,30 @@ def relaxed_json_part(value: Any, walker: bool) -> bytes:
     # Let the walker decide on a possible U+0000 in a string, and on a possible double of
     # magnitude >= 1e16, which msgspec writes in exponent form ("1e16"): jsonb would turn
     # it into the integer 10000000000000000, read back as int64.
-    if b"\\u0000" in out or ((b"e1" in out or b"e2" in out or b"e3" in out)
-                              and _BIG_DOUBLE.search(out) is not None):
+    if b"\\u0000" in out or _has_positive_exponent(out):
         return msgspec.json.encode(to_ejson(value, canonical=False))
     return out
+
+
+def _has_positive_exponent(out: bytes) -> bool:
+    """Whether msgspec's JSON holds a number like ``1e16``: 'e' and 1-9 after a token of
+    digits that starts a value (after ':', ',', '[' or at the start). Hex text such as
+    an ObjectId's ``"…5e1…"`` is no such token."""
+    match = _EXPONENT.search(out)
+    while match is not None:
+        end = match.start() - 1
+        start = end
+        while start >= 0 and out[start] in _NUMBER_CHARS:
+            start -= 1
+        if start < end and (start < 0 or out[start] in _VALUE_OPENERS):
+            return True
+        match = _EXPONENT.search(out, match.start() + 1)
+    return False
 
 
 def canonical_json(doc: dict[str, Any]) -> bytes:
     """Canonical Extended JSON of ``doc``: every value keeps its exact BSON type."""
     return msgspec.json.encode(to_ejson(doc, canonical=True))
-
-
-# Key sets of Extended JSON type wrappers (v2 and legacy): a sub-document with exactly
-# these keys would be read back as the wrapped type.
-_WRAPPER_KEYSETS = frozenset(
-    frozenset(keys)
-    for keys in (
-        ("$oid",), ("$symbol",), ("$numberInt",), ("$numberLong",), ("$numberDouble",),
-        ("$numberDecimal",), ("$binary",), ("$binary", "$type"), ("$uuid",), ("$code",),
-        ("$code", "$scope"), ("$timestamp",), ("$regularExpression",),
-        ("$regex", "$options"), ("$dbPointer",), ("$date",), ("$minKey",), ("$maxKey",),
-        ("$undefined",),
-    )
-)
 
 
 def _ejson_dict(doc: Any, canonical: bool) -> dict[str, Any]:
@@ -201,7 +206,8 @@ def _ejson_dict(doc: Any, canonical: bool) -> dict[str, Any]:
         if key[:1] == "$":
             dollar = True
         out[key] = to_ejson(item, canonical)
-    if dollar and (frozenset(out) in _WRAPPER_KEYSETS or _looks_like_dbref(doc)):
+    # Ambiguous exactly when from_ejson would read it as a type wrapper.
+    if dollar and (frozenset(out) in _PARSERS or _looks_like_dbref(doc)):
         raise MappingError("a sub-document has the keys of an Extended JSON type wrapper")
     return out
 

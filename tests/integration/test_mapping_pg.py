@@ -9,6 +9,7 @@ from typing import Any
 
 import bson
 import psycopg
+import pytest
 from bson.binary import Binary
 from bson.code import Code
 from bson.datetime_ms import DatetimeMS
@@ -216,3 +217,47 @@ def test_random_documents_round_trip_through_jsonb(pg_dsn: str, doc: dict[str, A
         assert _canonical(back) == _canonical(original)
     else:
         assert _narrow_int64(_canonical(back)) == _narrow_int64(_canonical(original))
+
+
+@pytest.mark.parametrize(
+    ("column_type", "values"),
+    [
+        ("bigint", [Int64(2**63 - 1), Int64(-(2**63)), 0, -(2**31)]),
+        ("integer", [2**31 - 1, -(2**31), Int64(5)]),
+        ("double precision", [float("nan"), float("inf"), -0.0, 5e-324, 1.7976931348623157e308]),
+        ("numeric", [Decimal128("Infinity"), Decimal128("-Infinity"), Decimal128("NaN"),
+                     Decimal128("9.999999999999999999999999999999999E+6144"),
+                     Decimal128("1E-6176"), Decimal128("-0.000")]),
+        ("timestamptz", [DatetimeMS(-62_135_596_800_000), DatetimeMS(253_402_300_799_999),
+                         DatetimeMS(-1)]),
+        ("uuid", [Binary(bytes(range(16)), 4), Binary(bytes(range(16)), 3)]),
+        ("bytea", [Binary(b"", 0), Binary(bytes(range(256)), 0)]),
+        ("text", ["", "é😀", "a" * 10_000]),
+        ("objectid", [ObjectId("000000000000000000000000")]),
+    ],
+)
+def test_typed_column_edge_values_keep_their_value_in_postgres(
+        pg_dsn: str, column_type: str, values: list[Any]) -> None:
+    rule = MappingRule("shop.edges", mode="column",
+                       columns=(ColumnRule("v", column_type),))  # type: ignore[arg-type]
+    mapper = resolve(MappingConfig(rules=(rule,)), "shop.edges")
+    with psycopg.connect(pg_dsn) as conn:
+        for shape in mapper.tables():
+            _create(conn, shape)
+        for i, value in enumerate(values):
+            mapped = mapper.map_document(bson.encode({"_id": i, "v": value}))
+            conn.execute(sql.SQL("INSERT INTO shop.edges VALUES (%s, %s, %s, %s::{}, %s::jsonb)"
+                                 ).format(sql.SQL(mapper.tables()[0].columns[3].pg_type)),
+                         mapped.rows["edges"][0])
+        rows = conn.execute("SELECT _key, _id, _id_bson, v, _rest::text FROM shop.edges"
+                            " ORDER BY _key").fetchall()
+    for value, row in zip(values, rows, strict=True):
+        back = mapper.to_document({"edges": [row]})["v"]
+        if isinstance(value, Binary) and value.subtype == 3:
+            assert back == Binary(bytes(value), 4)  # documented: uuid comes back as 4
+        elif isinstance(value, Decimal128) and value.to_decimal().is_zero():
+            assert back.to_decimal() == 0  # documented: numeric has no negative zero
+        elif column_type in ("bigint", "integer"):
+            assert int(back) == int(value)  # documented: width follows the value
+        else:
+            assert _canonical({"v": back}) == _canonical({"v": value})

@@ -18,7 +18,13 @@ from hypothesis import given, settings
 from cdc.errors import MappingError
 from cdc.mapping import MappingConfig, MappingRule, resolve
 from cdc.mapping.document import DocumentMapper, render_id
-from cdc.mapping.ejson import DECODE_OPTIONS, needs_walker, relaxed_json, to_ejson
+from cdc.mapping.ejson import (
+    DECODE_OPTIONS,
+    _has_positive_exponent,
+    needs_walker,
+    relaxed_json,
+    to_ejson,
+)
 from cdc.mapping.keys import encode_key_value
 from tests.unit.bson_strategies import PROPERTY, documents
 
@@ -190,6 +196,14 @@ def test_subdocument_shaped_like_a_type_wrapper_is_a_mapping_error() -> None:
         _mapper().map_document(bson.encode({"_id": 1, "a": {"$oid": "not an id"}}))
 
 
+@pytest.mark.parametrize("sub", [{"$regex": "^a", "$options": "i"}, {"$uuid": "x"},
+                                 {"$oid": "x", "other": 1}, {"$in": [1, 2]}])
+def test_dollar_subdocuments_no_parser_reads_as_a_type_are_kept(sub: dict[str, Any]) -> None:
+    raw = bson.encode({"_id": 1, "saved_filter": {"name": sub}})
+    mapper = _mapper()
+    assert mapper.to_document(mapper.map_document(raw).rows) == bson.decode(raw)
+
+
 def test_keys_with_dots_dollars_and_empty_names_are_kept() -> None:
     raw = bson.encode({"_id": 1, "": 1, "a.b": 2, "$x": 3, "n": {"$y": {"": [4]}}})
     mapper = _mapper()
@@ -237,3 +251,14 @@ def test_rule_sets_schema_table_and_json_column() -> None:
 def test_fast_path_guard_spots_dollar_fields_and_non_finite_doubles(
         doc: dict[str, Any], expected: bool) -> None:
     assert needs_walker(bson.encode(doc)) is expected
+
+
+@pytest.mark.parametrize(
+    ("json_text", "expected"),
+    [(b'{"a":1e16}', True), (b'[2,-3.5e300]', True), (b"1e16", True),
+     (b'{"a":1e-7}', False), (b'{"$oid":"65e1b2c3d4e5f60718293a4b"}', False),
+     (b'{"s":"5e16"}', False), (b'{"s":"price 1e2"}', False), (b'{"a":15}', False),
+     (b'{"a":1e40}', True)],
+)
+def test_exponent_guard_finds_numbers_not_hex_or_text(json_text: bytes, expected: bool) -> None:
+    assert _has_positive_exponent(json_text) is expected
