@@ -87,7 +87,7 @@ class NamespacePlan:
     deletes: list[tuple[bytes, int, bool, int]] = field(default_factory=list)
     """(key, version, from_stream, position) per deleted document."""
     child_records: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
-    """Child rows + (version, position), per child table, filled by root_records."""
+    """Child rows + (version,), per child table, filled by root_records."""
     losers: list[int] = field(default_factory=list)
     """Positions of staged changes that a later-mapped change on the same key beat."""
     staged_upserts: int = 0
@@ -96,7 +96,10 @@ class NamespacePlan:
     """Every change of this namespace in the batch came from the backfill."""
     direct: bool = False
     """The upserts went straight into the target (see ``Sink._direct``)."""
+    direct_tails: list[tuple[bool, int]] = field(default_factory=list)
     _seen: dict[bytes, tuple[int, Change]] = field(default_factory=dict)
+    _child_spans: list[tuple[int, str, int, int]] = field(default_factory=list)
+    """(position, child table, start, end) of each document's rows in child_records."""
 
     def _claim(self, key: bytes, pos: int, change: Change, result: ApplyResult) -> bool:
         """Whether ``change`` is the key's winner so far; records what it displaces."""
@@ -116,12 +119,18 @@ class NamespacePlan:
         self._seen[key] = (pos, change)
         return True
 
-    def root_records(self, dead: list[DeadLetter], result: ApplyResult
-                     ) -> Iterator[tuple[Any, ...]]:
-        """Root rows + (version, from_stream, position) of the upserts, mapped on demand."""
+    def root_records(self, dead: list[DeadLetter], result: ApplyResult, *,
+                     direct: bool = False) -> Iterator[tuple[Any, ...]]:
+        """Root rows + (version, from_stream, position) of the upserts, mapped on demand.
+
+        With ``direct``, root rows + (version,) — the target's own columns — and the
+        (from_stream, position) of each row go to :attr:`direct_tails` instead, so a
+        fallback can rebuild the staging records (:meth:`staging_records`)."""
         ns = self.namespace
         root_name = self.root_name
         children = self.child_records
+        spans = self._child_spans
+        tails = self.direct_tails
         for pos, change in self.upserts:
             doc = change.doc
             if doc is None:
@@ -140,23 +149,43 @@ class NamespacePlan:
                 raise InvariantError(f"{ns}: the mapping must give exactly one {root_name} row")
             version = change.version
             self.staged_upserts += 1
-            yield root_rows[0] + (version, change.origin is Origin.STREAM, pos)
+            if direct:
+                tails.append((change.origin is Origin.STREAM, pos))
+                yield root_rows[0] + (version,)
+            else:
+                yield root_rows[0] + (version, change.origin is Origin.STREAM, pos)
             if len(rows) > 1:
-                tail = (version, pos)
+                tail = (version,)
                 for table, table_rows in rows.items():
                     if table == root_name or not table_rows:
                         continue
                     dest = children.get(table)
                     if dest is None:
                         dest = children[table] = []
+                    start = len(dest)
                     dest.extend(r + tail for r in table_rows)
+                    spans.append((pos, table, start, len(dest)))
+
+    def staging_records(self, direct_rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The staging form of rows :meth:`root_records` gave with ``direct``."""
+        return [r + t for r, t in zip(direct_rows, self.direct_tails, strict=True)]
 
     def children_without_losers(self, table: str) -> list[tuple[Any, ...]]:
+        """Child rows + (version,) of ``table``, without those of displaced documents."""
         rows = self.child_records.get(table, [])
         if not self.losers:
             return rows
         gone = set(self.losers)
-        return [r for r in rows if r[-1] not in gone]
+        drop = [(a, b) for pos, t, a, b in self._child_spans if t == table and pos in gone]
+        if not drop:
+            return rows
+        keep: list[tuple[Any, ...]] = []
+        at = 0
+        for a, b in drop:
+            keep.extend(rows[at:a])
+            at = b
+        keep.extend(rows[at:])
+        return keep
 
 
 @dataclass(slots=True)

@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio
 import asyncpg
 import psycopg
 from psycopg import sql
@@ -74,6 +75,12 @@ class _Connection(asyncpg.Connection):
         self.m2p_staged: set[str] = set()
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (one round trip per batch saved): the sink
+    leaves no session state behind but its staging tables, which it wants to keep, and
+    transaction-scoped advisory locks, which end with the transaction."""
+
+
 class _Fallback(Exception):
     """The direct path cannot take this batch; use the staged one."""
 
@@ -107,6 +114,7 @@ class Sink:
         self._mapper_for = mapper_for
         self._known: dict[Namespace, _Known] = {}
         self._next_index = 0
+        self._ddl_lock = anyio.Lock()  # one control connection: one DDL at a time
         ctl = sql.Identifier(control_schema)
         self._sql_checkpoint = sql.SQL(
             "INSERT INTO {}.checkpoints AS c (stream, resume_token, cluster_time, updated_at)"
@@ -134,7 +142,7 @@ class Sink:
             await migrate(control, control_schema)
             pool = await asyncpg.create_pool(
                 min_size=min_size, max_size=max_size, connection_class=_Connection,
-                **asyncpg_params(dsn))
+                reset=_keep_session, **asyncpg_params(dsn))
         except BaseException as exc:
             await control.close()
             if isinstance(exc, Exception) and is_retriable(exc):
@@ -159,6 +167,13 @@ class Sink:
         return Checkpoint(row["stream"], row["resume_token"], row["cluster_time"])
 
     async def _ensure(self, ns: Namespace) -> _Known:
+        known = self._known.get(ns)
+        if known is not None and known.shapes == known.mapper.tables():
+            return known
+        async with self._ddl_lock:
+            return await self._ensure_locked(ns)
+
+    async def _ensure_locked(self, ns: Namespace) -> _Known:
         known = self._known.get(ns)
         mapper = known.mapper if known is not None else self._mapper_for(ns)
         shapes = mapper.tables()
@@ -188,6 +203,8 @@ class Sink:
         for ns in sorted({c.namespace for c in batch.changes}):
             await self._ensure(ns)
         plan = plan_batch(batch, self._mapper_of)
+        if not batch.changes and batch.checkpoint is None and batch.chunk_id is None:
+            return plan.result
         what = _describe(batch)
         try:
             async with self._pool.acquire() as conn:
@@ -216,12 +233,12 @@ class Sink:
             return False
         nsql = known.sql
         taken: list[tuple[Any, ...]] = []
-        source = p.root_records(dead, result)
+        source = p.root_records(dead, result, direct=True)
 
         def rows() -> Iterator[tuple[Any, ...]]:
             for record in source:
                 taken.append(record)
-                yield record[:-2]  # without the origin flag and position
+                yield record
 
         try:
             async with conn.transaction():  # a savepoint
@@ -233,8 +250,7 @@ class Sink:
                     if child_rows:
                         await conn.copy_records_to_table(
                             child.shape.name, schema_name=child.shape.schema,
-                            records=[r[:-1] for r in child_rows],
-                            columns=child.columns[:-1])
+                            records=child_rows, columns=child.columns)
                 if taken and await conn.fetchval(
                     nsql.count_tombstones, nsql.root.qualified, [r[0] for r in taken]
                 ):
@@ -243,7 +259,8 @@ class Sink:
             known.direct_pause = DIRECT_PAUSE
             taken.extend(source)  # map the rest, once
             await conn.copy_records_to_table(
-                nsql.stage, schema_name="pg_temp", records=taken, columns=nsql.stage_columns)
+                nsql.stage, schema_name="pg_temp", records=p.staging_records(taken),
+                columns=nsql.stage_columns)
             for child in nsql.children:
                 child_rows = p.children_without_losers(child.shape.name)
                 if child_rows:
@@ -309,9 +326,9 @@ class Sink:
                     counts = result.of(p.namespace, Op.UPSERT)
                     counts.applied += n
                     counts.skipped += p.staged_upserts - n
-                    if n:
-                        for child in nsql.children:
-                            await conn.execute(child.statement)
+                    if n and nsql.children:
+                        await conn.execute(nsql.drop_children)
+                        await conn.execute(nsql.insert_children)
             if dead:
                 await conn.copy_records_to_table(
                     "dead_letters", schema_name=self._schema,

@@ -16,10 +16,14 @@ constraints) that COPY fills, and runs per batch:
   tombstones of the keys it wrote (a key has a row or a tombstone, never both: the
   tombstone exists exactly while the document's last state is "deleted") and records
   the keys in ``_m2p_applied`` for the child statements.
-* **children** — per child table, one statement: for the parents recorded in
-  ``_m2p_applied``, upsert the staged child rows and delete the rows the new document no
-  longer has (a shrunk array). It is a separate statement so that its snapshot, taken
-  after the parent upsert waited for a concurrent writer, sees that writer's children.
+* **children** — two statements for all child tables: delete every child row of the
+  parents recorded in ``_m2p_applied``, then insert their staged child rows (a shrunk
+  array leaves no row behind). They run after the parent upsert, so their snapshots,
+  taken after that upsert waited for a concurrent writer of the same parent, see that
+  writer's children; and while this transaction holds the parent's row lock no other
+  writer can touch its children. (Delete and insert cannot share one statement: its
+  sub-statements run in no defined order, and an insert could meet a row not yet
+  deleted.)
 
 Rows are inserted in key order so concurrent writers lock keys in the same order.
 Lookups of stored rows and tombstones are scalar subqueries or joins with
@@ -60,7 +64,7 @@ def stage_ddl(name: str, shape: TableShape, *, root: bool) -> str:
     cols.append(sql.SQL("{} bigint").format(sql.Identifier(VERSION_COLUMN)))
     if root:
         cols.append(sql.SQL("{} boolean").format(sql.Identifier(STREAM_COLUMN)))
-    cols.append(sql.SQL("{} int").format(sql.Identifier(SEQ_COLUMN)))
+        cols.append(sql.SQL("{} int").format(sql.Identifier(SEQ_COLUMN)))
     return _q(sql.SQL(
         "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS"
     ).format(sql.Identifier(name), sql.SQL(", ").join(cols)))
@@ -78,9 +82,8 @@ COMMON_STAGE_DDL = (
 class ChildSql:
     shape: TableShape
     stage: str
-    statement: str
     columns: tuple[str, ...]
-    """Staging columns in COPY order (the target's, then the position)."""
+    """Columns in COPY order, the same for the child table and its staging table."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +99,25 @@ class NamespaceSql:
     upsert: str
     delete: str
     children: tuple[ChildSql, ...]
+    drop_children: str
+    """Deletes the child rows of the parents the upsert wrote (all child tables)."""
+    insert_children: str
+    """Inserts their staged child rows (all child tables); runs after drop_children."""
     stage_ddl: str
     """Creates the staging tables of this namespace (idempotent, one script)."""
     drop_staged: str
     """Removes displaced changes (``$1``: their positions) from this namespace's staging."""
     count_tombstones: str
     """How many of the keys ``$2`` have a tombstone (direct path: none may)."""
+
+
+def _children_statement(index: int, parts: list[sql.Composable]) -> sql.Composed:
+    if not parts:
+        return sql.Composed([])
+    return sql.SQL(
+        "WITH parents AS (SELECT k FROM pg_temp.{applied} WHERE t = {idx}), {parts} SELECT 1"
+    ).format(applied=sql.Identifier(APPLIED_STAGE), idx=sql.Literal(index),
+             parts=sql.SQL(", ").join(parts))
 
 
 def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> NamespaceSql:
@@ -152,35 +168,23 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
 
     child_sql: list[ChildSql] = []
     child_deletes: list[sql.Composable] = []
+    drop_children: list[sql.Composable] = []
+    insert_children: list[sql.Composable] = []
     for n, child in enumerate(children):
         cstage = f"_m2p_s{index}_{n}"
         ctarget = sql.Identifier(child.schema, child.name)
         ccols = [c.name for c in child.columns]
-        pk = list(child.key_columns)
-        parent_col = sql.Identifier(pk[0])
-        csets = sql.SQL(", ").join(
-            [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c))
-             for c in ccols if c not in pk]
-            + [sql.SQL("{0} = EXCLUDED.{0}").format(v)]
-        )
-        match = sql.SQL(" AND ").join(
-            sql.SQL("s.{0} = d.{0}").format(sql.Identifier(c)) for c in pk
-        )
-        statement = sql.SQL(
-            "WITH parents AS (SELECT k FROM pg_temp.{applied} WHERE t = {idx}),"
-            " ins AS (INSERT INTO {ctarget} AS d ({cols}) SELECT {cols} FROM pg_temp.{cstage}"
-            " WHERE {parent} IN (SELECT k FROM parents) ORDER BY {pk}"
-            " ON CONFLICT ({pk}) DO UPDATE SET {csets}),"
-            " del AS (DELETE FROM {ctarget} d USING unnest(ARRAY(SELECT k FROM parents)) AS u(k)"
-            " WHERE d.{parent} = u.k"
-            " AND NOT EXISTS (SELECT 1 FROM pg_temp.{cstage} s WHERE {match}))"
-            " SELECT 1"
-        ).format(applied=sql.Identifier(APPLIED_STAGE), idx=sql.Literal(index),
-                 ctarget=ctarget, cols=_ids([*ccols, VERSION_COLUMN]),
-                 cstage=sql.Identifier(cstage), parent=parent_col, pk=_ids(pk),
-                 csets=csets, match=match)
-        child_sql.append(ChildSql(child, cstage, _q(statement),
-                                  (*ccols, VERSION_COLUMN, SEQ_COLUMN)))
+        parent_col = sql.Identifier(child.key_columns[0])
+        drop_children.append(sql.SQL(
+            "c{n} AS (DELETE FROM {ctarget} c USING unnest(ARRAY(SELECT k FROM parents))"
+            " AS u(k) WHERE c.{parent} = u.k)"
+        ).format(n=sql.SQL(str(n)), ctarget=ctarget, parent=parent_col))
+        insert_children.append(sql.SQL(
+            "c{n} AS (INSERT INTO {ctarget} ({cols}) SELECT {cols} FROM pg_temp.{cstage}"
+            " WHERE {parent} IN (SELECT k FROM parents))"
+        ).format(n=sql.SQL(str(n)), ctarget=ctarget, cols=_ids([*ccols, VERSION_COLUMN]),
+                 cstage=sql.Identifier(cstage), parent=parent_col))
+        child_sql.append(ChildSql(child, cstage, (*ccols, VERSION_COLUMN)))
         child_deletes.append(sql.SQL(
             ", gone_{n} AS (DELETE FROM {ctarget} c USING unnest(ARRAY(SELECT k FROM d))"
             " AS u(k) WHERE c.{parent} = u.k)"
@@ -218,6 +222,8 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
         target_columns=(*data_cols, VERSION_COLUMN),
         upsert=_q(upsert), delete=_q(delete), children=tuple(child_sql), stage_ddl=ddl,
         drop_staged=_q(drop_staged),
+        drop_children=_q(_children_statement(index, drop_children)),
+        insert_children=_q(_children_statement(index, insert_children)),
         count_tombstones=_q(sql.SQL(
             "SELECT count(*) FROM unnest($2::bytea[]) AS u(k) WHERE (SELECT true FROM {} tb"
             " WHERE tb.table_name = $1 AND tb.key = u.k)"

@@ -94,3 +94,12 @@ async def test_one_batch_with_many_versions_of_a_parent_keeps_the_last(
     ]))
     assert docs(pg_dsn) == {key_of(1): ({"_id": 1, **order(1, "v3", 2)}, 12),
                             key_of(3): ({"_id": 3, **order(3, "y", 1)}, 13)}
+
+
+async def test_children_of_a_displaced_id_form_do_not_land(sink: Sink, pg_dsn: str) -> None:
+    # 1 and 1.0 are one document; the later version's single item is all that lands.
+    await sink.apply(Batch([upsert(1, 5, order(1, "int", 3)), upsert(1.0, 6, order(1, "dbl", 1))]))
+    assert docs(pg_dsn) == {key_of(1): ({"_id": 1.0, **order(1, "dbl", 1)}, 6)}
+    await sink.apply(Batch([upsert(2, 5, order(2, "int", 3), origin=Origin.BACKFILL),
+                            upsert(2.0, 6, order(2, "dbl", 2), origin=Origin.BACKFILL)]))
+    assert docs(pg_dsn)[key_of(2)] == ({"_id": 2.0, **order(2, "dbl", 2)}, 6)

@@ -8,7 +8,7 @@ from typing import Any
 import bson
 
 from cdc.batch import Batch, Change, Op, Origin
-from cdc.mapping import Mapper, MappingConfig, resolve
+from cdc.mapping import ChildRule, ColumnRule, Mapper, MappingConfig, MappingRule, resolve
 from cdc.sink.plan import Plan, plan_batch
 from cdc.types import Namespace
 
@@ -106,3 +106,28 @@ def test_rows_carry_version_origin_and_position() -> None:
     p = plan.namespaces[NS]
     tails = [r[-3:] for r in p.root_records(plan.dead_letters, plan.result)]
     assert tails == [(5, True, 0), (9, False, 1)]
+
+
+COLUMN = MappingConfig(rules=(MappingRule(
+    namespace=str(NS), mode="column", columns=(ColumnRule("tag", "text"),),
+    children=(ChildRule("items", "orders_items"),)),))
+
+
+def test_child_rows_of_a_displaced_document_are_left_out() -> None:
+    def doc(i: Any, n: int) -> bytes:
+        return bson.encode({"_id": i, "tag": str(n), "items": [{"j": j} for j in range(n)]})
+
+    changes = [Change(NS, bson.encode({"_id": i}), v, Op.UPSERT, doc(i, n))
+               for i, v, n in ((1, 5, 3), (2, 5, 2), (1.0, 6, 1))]
+    plan = plan_batch(Batch(changes), lambda ns: resolve(COLUMN, ns))
+    p = plan.namespaces[NS]
+    list(p.root_records(plan.dead_letters, plan.result, direct=True))
+    assert p.losers == [0]
+    kept = p.children_without_losers("orders_items")
+    assert [(r[0], r[1]) for r in kept] == [
+        (p.mapper.map_key(bson.encode({"_id": 2})), 0),
+        (p.mapper.map_key(bson.encode({"_id": 2})), 1),
+        (p.mapper.map_key(bson.encode({"_id": 1})), 0),
+    ]
+    assert all(r[-1] in (5, 6) for r in kept)
+    assert [t for t in p.direct_tails] == [(True, 0), (True, 1), (True, 2)]
