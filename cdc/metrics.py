@@ -45,7 +45,7 @@ RETRIES = Counter(
 )
 DEAD_LETTERS = Counter(
     "mongo2pg_stream_dead_letters_total",
-    "Change events the tailer could not read whole and sent to the dead-letter table.",
+    "Changes sent to the dead-letter table: unmappable documents, unreadable events.",
     ["namespace"],
 )
 UNKNOWN_EVENTS = Counter(

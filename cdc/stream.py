@@ -15,8 +15,10 @@ PostgreSQL through the sink, exactly once in effect:
    an empty reply still advances the checkpoint to its ``postBatchResumeToken``.
 3. **Apply.** :func:`~cdc.batcher.to_changes` coalesces each batch to one change per
    document (versions = the event's packed cluster time; ``updateLookup`` content is
-   labelled with its event's time; a ``null`` lookup emits nothing) and the sink commits
-   the rows and the checkpoint in one transaction (DESIGN §3.3).
+   labelled with its event's time; a ``null`` lookup emits nothing, a missing post-image
+   is re-fetched by ``_id`` — :mod:`cdc.refetch`) and the sink commits the rows and the
+   checkpoint in one transaction (DESIGN §3.3). The next ``getMore`` runs while a batch
+   is applied, so reading and writing overlap.
 4. **Faults.** One read+apply step is the unit of retry (:mod:`cdc.retry`): on a
    transient error the cursor is dropped and the next attempt reopens *from the last
    committed checkpoint*, after a jittered backoff; replays are harmless (§3.1).
@@ -37,11 +39,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import anyio
-import msgspec
-from bson.raw_bson import RawBSONDocument
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
@@ -49,7 +49,6 @@ from cdc import metrics
 from cdc.batch import Batch, Change, Checkpoint, Op, Origin
 from cdc.batcher import Accumulator, Position, to_changes
 from cdc.cursor import (
-    RAW,
     UNKNOWN_STAGE_CODES,
     ChangeStreamCursor,
     Reply,
@@ -71,51 +70,22 @@ from cdc.events import (
     decode_event,
     id_document,
 )
-from cdc.retry import RetryPolicy, call_with_retry
+from cdc.refetch import fetch_by_id, fill_post_images
+from cdc.retry import call_with_retry
 from cdc.state import StreamState
+from cdc.stream_config import (
+    DEFAULT_CONFIG,
+    DdlPolicy,
+    SinkPort,
+    StreamConfig,
+    matches,
+    validate,
+)
 from cdc.types import ZERO_TIME, ClusterTime, Namespace
 
 log = logging.getLogger("mongo2pg.stream")
 
-DdlPolicy = Literal["ignore", "mark", "follow"]
 TOO_LARGE_CODES = frozenset({10334, 17419})  # BSONObjectTooLarge, "too large to return"
-
-
-class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """How the change stream is read and applied."""
-
-    batch_max_events: int = 5000
-    """Cut a batch at this many events (soft: a source transaction is never split)."""
-    batch_max_ms: int = 200
-    """Apply an event at the latest this long after it was read."""
-    full_document: Literal["updateLookup", "whenAvailable", "required"] = "updateLookup"
-    """Where updates get their document: a lookup, or post-images (6.0+)."""
-    max_await_ms: int = 1000
-    """How long an idle ``getMore`` waits on the server for events."""
-    ddl: dict[str, DdlPolicy] = {}
-    """DDL policy per namespace pattern (``db.coll`` or ``db.*``)."""
-    ddl_default: DdlPolicy = "mark"
-    """Policy for namespaces ``ddl`` does not name."""
-    split_large_events: bool = True
-    """Append ``$changeStreamSplitLargeEvent`` (dropped if the server lacks it)."""
-    lag_interval_ms: int = 1000
-    """How often the lag gauge is refreshed from the server's operation time."""
-    retry: RetryPolicy = RetryPolicy()
-
-
-DEFAULT_CONFIG = StreamConfig()
-
-
-class SinkPort(Protocol):
-    """What the tailer needs of :mod:`cdc.sink`."""
-
-    async def apply(self, batch: Batch) -> Any: ...
-
-    async def load_checkpoint(self, stream: str) -> Checkpoint | None: ...
-
-
-def matches(patterns: list[str], ns: Namespace) -> bool:
-    return any(p == f"{ns.db}.*" or p == str(ns) for p in patterns)
 
 
 class Tailer:
@@ -124,8 +94,7 @@ class Tailer:
     def __init__(self, *, client: AsyncMongoClient[Any], sink: SinkPort, include: list[str],
                  config: StreamConfig = DEFAULT_CONFIG, stream_name: str = "main",
                  start_fresh: bool = False, state: StreamState | None = None) -> None:
-        for pattern in include:
-            Namespace.parse(pattern)
+        validate(include, config)
         self._client = client
         self._sink = sink
         self._include = list(include)
@@ -375,12 +344,15 @@ class Tailer:
         pending = self._acc.take()
         if pending is None:
             return
-        changes, counts = to_changes(pending.events, self._resolve)
+        changes, counts = to_changes(await fill_post_images(
+            self._client, pending.events, self._config.full_document),
+                                     self._resolve)
         position = pending.position
         batch = Batch(changes, Checkpoint(self.stream_name, position.token,
                                           position.cluster_time.packed))
         began = time.perf_counter()
-        await self._sink.apply(batch)
+        result = await self._sink.apply(batch)
+        _count_dead_letters(result)
         metrics.APPLY_DURATION.labels(self.stream_name).observe(time.perf_counter() - began)
         metrics.BATCH_SIZE.labels(self.stream_name).observe(len(pending.events))
         for (namespace, op), n in counts.items():
@@ -487,7 +459,7 @@ class Tailer:
             else:
                 # Like updateLookup: the current document, labelled with the event's time;
                 # gone means a later delete event settles it.
-                doc = await self._fetch(event.ns, id_bson)
+                doc = await fetch_by_id(self._client, event.ns, id_bson)
                 if doc is not None:
                     changes.append(Change(target, id_bson, version, Op.UPSERT, doc,
                                           Origin.STREAM))
@@ -500,10 +472,16 @@ class Tailer:
         if position.cluster_time > self._last_applied:
             self._last_applied = position.cluster_time
 
-    async def _fetch(self, ns: Namespace, id_bson: bytes) -> bytes | None:
-        coll = self._client[ns.db].get_collection(ns.coll, codec_options=RAW)
-        found = await coll.find_one(RawBSONDocument(id_bson))
-        return bytes(found.raw) if found is not None else None
+
+__all__ = ["DdlPolicy", "SinkPort", "StreamConfig", "Tailer", "matches", "validate"]
+
+
+def _count_dead_letters(result: Any) -> None:
+    """Count the documents the sink dead-lettered (mapping failures) per namespace."""
+    for namespace, per_op in (getattr(result, "counts", None) or {}).items():
+        lettered = sum(getattr(c, "dead_lettered", 0) for c in per_op.values())
+        if lettered:
+            metrics.DEAD_LETTERS.labels(str(namespace)).inc(lettered)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

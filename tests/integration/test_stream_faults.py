@@ -8,10 +8,12 @@ import uuid
 from typing import Any
 
 import anyio
+import bson
 import pytest
 from pymongo import AsyncMongoClient
 
 from cdc import metrics
+from cdc.batch import Batch, Checkpoint
 from cdc.errors import HistoryLostError
 from cdc.retry import RetryPolicy
 from cdc.state import StreamState
@@ -211,5 +213,23 @@ def test_event_too_large_to_read_is_dead_lettered_and_refetched_by_id(
             await fail_point(writer, "off")
             await writer.close()
             await reader.close()
+
+    anyio.run(main)
+
+
+@pytest.mark.sandbox_only
+def test_a_checkpoint_token_the_server_does_not_know_raises_history_lost(
+        mongo_uri: str, pg_dsn: str) -> None:
+    db = unique_db()
+
+    async def main() -> None:
+        client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+        async with open_sink(pg_dsn) as sink:
+            await sink.apply(Batch([], Checkpoint("main", bson.encode({"_data": "bogus"}), 1)))
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.c"], config=CONFIG)
+            with pytest.raises(HistoryLostError):
+                await tailer.run()
+            assert await checkpoint_time(pg_dsn) == 1
+        await client.close()
 
     anyio.run(main)

@@ -9,7 +9,7 @@ source document is mapped and must equal its row; every row must have a document
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,6 +20,7 @@ from pymongo import AsyncMongoClient
 
 from cdc.batch import Batch
 from cdc.cursor import RAW
+from cdc.mapping import Mapper
 from cdc.mapping.document import DocumentMapper
 from cdc.sink import Sink
 from cdc.sink.sink import asyncpg_params
@@ -33,8 +34,9 @@ def mapper_for(ns: Namespace) -> DocumentMapper:
 
 
 @asynccontextmanager
-async def open_sink(pg_dsn: str) -> AsyncIterator[Sink]:
-    sink = await Sink.open(pg_dsn, CONTROL, mapper_for)
+async def open_sink(pg_dsn: str, mappers: Callable[[Namespace], Mapper] = mapper_for
+                    ) -> AsyncIterator[Sink]:
+    sink = await Sink.open(pg_dsn, CONTROL, mappers)
     try:
         yield sink
     finally:

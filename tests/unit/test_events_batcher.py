@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import bson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cdc.batch import Op, Origin
 from cdc.batcher import Accumulator, Position, to_changes
@@ -147,3 +149,57 @@ def test_a_full_reply_checkpoints_at_its_last_event_not_past_it() -> None:
     pending = acc.take()
     assert pending is not None
     assert pending.position == Position(tok(2), ClusterTime(100, 2))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_batches_keep_every_event_once_in_order_and_never_split_a_transaction(
+        data: st.DataObject) -> None:
+    # A stream of transaction groups (txn id or None for single events).
+    groups = data.draw(st.lists(st.tuples(st.booleans(), st.integers(1, 4)), max_size=25))
+    events: list[ChangeEvent] = []
+    txn_of: dict[bytes, TxnId | None] = {}
+    n = 0
+    for number, (in_txn, size) in enumerate(groups):
+        txn = TxnId(b"s", number) if in_txn else None
+        for _ in range(size if in_txn else 1):
+            n += 1
+            made = ins(n, n % 7, txn)
+            events.append(made)
+            txn_of[made.token] = txn
+    max_events = data.draw(st.integers(1, 6))
+    acc = Accumulator(max_events=max_events, max_wait=10.0)
+    acc.start_at(None)
+    taken: list[list[ChangeEvent]] = []
+    positions: list[Position] = []
+
+    def take() -> None:
+        pending = acc.take()
+        if pending is not None:
+            taken.append(pending.events)
+            positions.append(pending.position)
+            acc.committed(pending.position)
+
+    i = 0
+    while i < len(events):
+        size = data.draw(st.integers(1, 5))
+        reply = events[i:i + size]
+        i += len(reply)
+        for ev in reply:
+            acc.add(ev, now=0.0)
+        acc.end_of_reply(count=len(reply), requested=size, post_batch_token=reply[-1].token,
+                         reply_time=reply[-1].cluster_time)
+        if data.draw(st.booleans()) or acc.due(now=0.0):
+            take()
+    acc.end_of_reply(count=0, requested=5, post_batch_token=tok(10_000),
+                     reply_time=ClusterTime(100, 10_000))
+    take()
+    flat = [ev for batch in taken for ev in batch]
+    assert flat == events
+    for batch in taken:  # a transaction lies within one batch
+        for txn in {txn_of[ev.token] for ev in batch} - {None}:
+            assert sum(1 for ev in events if txn_of[ev.token] == txn) == sum(
+                1 for ev in batch if txn_of[ev.token] == txn)
+    times = [p.cluster_time for p in positions]
+    assert times == sorted(times)
+    assert positions[-1].token == tok(10_000)
