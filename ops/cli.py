@@ -54,14 +54,37 @@ def _config_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("run", "run the migration daemon (CDC + backfill + verify + control)", _config_args)
+def _run_args(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="port of /metrics, /livez, /readyz (0 = any free port)")
+    p.add_argument("--workers", type=int, default=None, help="backfill workers of this process")
+    p.add_argument("--throttle", type=float, default=None, metavar="DOCS_PER_S",
+                   help="backfill documents per second of this process (0 = unlimited)")
+
+
+def _run_overrides(config: Config, args: argparse.Namespace) -> Config:
+    import msgspec
+
+    if args.metrics_port is not None:
+        config = msgspec.structs.replace(
+            config, metrics=msgspec.structs.replace(config.metrics, port=args.metrics_port))
+    backfill = config.backfill
+    if args.workers is not None:
+        backfill = msgspec.structs.replace(backfill, workers=args.workers)
+    if args.throttle is not None:
+        backfill = msgspec.structs.replace(backfill, throttle_docs_per_second=args.throttle)
+    return msgspec.structs.replace(config, backfill=backfill)
+
+
+@command("run", "run the migration daemon (CDC + backfill + verify + control)", _run_args)
 def _run_cmd(args: argparse.Namespace) -> int:
-    config = effective_config(args)
+    config = _run_overrides(effective_config(args), args)
     require(config)
     setup_logging(args.log_format or config.log.format, config.log.level)
     from ops.daemon import run_daemon
 
-    return run_daemon(config)
+    return run_daemon(config, reload=lambda: _run_overrides(effective_config(args), args))
 
 
 def _sandbox_args(p: argparse.ArgumentParser) -> None:

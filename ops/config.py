@@ -34,10 +34,12 @@ from typing import Any, Literal
 
 import msgspec
 
+from backfill.config import BackfillConfig
 from cdc.config import SourceConfig, TargetConfig
 from cdc.errors import ConfigError
 from cdc.mapping import validate as validate_mapping
 from cdc.mapping.config import MappingConfig
+from cdc.stream import StreamConfig
 from cdc.types import Namespace
 from ops.redact import redact
 
@@ -59,6 +61,23 @@ class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class PhaseConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """When the phase machine moves (``[phases]``)."""
+
+    in_sync_lag_seconds: float = 5.0
+    """``catching_up`` becomes ``in_sync`` at or below this lag (back above twice it)."""
+    check_interval_seconds: float = 1.0
+
+
+class DaemonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How ``mongo2pg run`` behaves as a process (``[daemon]``)."""
+
+    drain_timeout_seconds: float = 20.0
+    """After SIGTERM, how long current batches may take before the process exits anyway."""
+    progress: Literal["auto", "on", "off"] = "auto"
+    """The backfill progress line on stderr: ``auto`` = only on a terminal."""
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole configuration file."""
 
@@ -70,6 +89,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log: LogConfig = LogConfig()
     mapping: MappingConfig = MappingConfig()
     """How namespaces become tables (README "Mapping"); checked by cdc.mapping.validate."""
+    stream: StreamConfig = StreamConfig()
+    backfill: BackfillConfig = BackfillConfig()
+    phases: PhaseConfig = PhaseConfig()
+    daemon: DaemonConfig = DaemonConfig()
 
     def namespaces(self) -> list[str]:
         return list(self.include)

@@ -1,0 +1,274 @@
+"""The backfill: plan every collection, then copy chunks with parallel workers.
+
+Mechanism: :meth:`Backfill.run` plans each namespace once (shared control schema, see
+:mod:`backfill.chunks`), then runs ``workers`` tasks in one anyio task group; each holds
+a slot of a :class:`anyio.CapacityLimiter` (adjustable at run time) while it copies a
+chunk. Copying a chunk: claim it, fix the read label (:func:`backfill.reader.read_label`,
+never below the stream's start time), read its range in raw batches and hand each batch
+to the sink as :class:`cdc.batch.Change` upserts of origin ``BACKFILL`` carrying the
+label as version. The last batch carries ``chunk_id`` so the sink marks the chunk done
+in the transaction that writes its last rows: a crash at any point leaves the chunk
+either done with all its rows, or claimable again. The reader keeps one batch ahead of
+the writer, so the sink knows which batch is the last.
+
+A graceful stop (:meth:`Backfill.request_stop`) lets each worker finish the batch it is
+writing, then hands its chunk back; nothing is cancelled mid-transaction. Run returns
+when no chunk of its namespaces is pending or running in any process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import anyio
+import bson
+from pymongo import AsyncMongoClient
+
+from backfill.chunks import ChunkRecord, ChunkStore
+from backfill.config import BackfillConfig
+from backfill.planner import plan_collection
+from backfill.progress import BYTES, DOCUMENTS, ProgressTracker, export, render_line
+from backfill.reader import chunk_filter, id_document, read_batches, read_label
+from backfill.throttle import Throttle
+from cdc.batch import Batch, Change, Op, Origin
+from cdc.errors import InvariantError, is_retriable
+from cdc.types import ClusterTime, Namespace
+
+log = logging.getLogger("mongo2pg.backfill")
+MAX_WORKERS = 16
+
+
+class SinkLike(Protocol):
+    """What the backfill needs of the sink: apply one batch atomically."""
+
+    async def apply(self, batch: Batch) -> Any: ...
+
+
+def default_owner() -> str:
+    """Lease owner name: host, pid and a random suffix (unique per process start)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+async def expand_namespaces(client: AsyncMongoClient[Any], include: Sequence[str]
+                            ) -> list[Namespace]:
+    """``db.coll`` and ``db.*`` patterns to the collections that exist now."""
+    found: list[Namespace] = []
+    for pattern in include:
+        ns = Namespace.parse(pattern)
+        if ns.coll == "*":
+            names = await client[ns.db].list_collection_names(
+                filter={"type": "collection"})
+            found.extend(Namespace(ns.db, n) for n in sorted(names)
+                         if not n.startswith("system."))
+        else:
+            found.append(ns)
+    return sorted(set(found))
+
+
+class Backfill:
+    def __init__(self, *, client: AsyncMongoClient[Any], sink: SinkLike, store: ChunkStore,
+                 config: BackfillConfig, stream_start: ClusterTime,
+                 throttle: Throttle | None = None):
+        self.client = client
+        self.sink = sink
+        self.store = store
+        self.config = config
+        self.stream_start = stream_start
+        self.throttle = throttle or Throttle(config.throttle_docs_per_second)
+        self.limiter = anyio.CapacityLimiter(max(1, config.workers))
+        self.tracker = ProgressTracker()
+        self.copied_documents = 0
+        self.copied_chunks = 0
+        self._stop = anyio.Event()
+
+    # -- control ---------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Finish the batches being written, hand unfinished chunks back, return."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def set_workers(self, n: int) -> None:
+        """Change how many chunks this process copies at once (takes effect per chunk;
+        up to ``MAX_WORKERS`` or the configured count, whichever is larger)."""
+        self.limiter.total_tokens = max(1, n)
+
+    # -- planning --------------------------------------------------------------------
+    async def plan(self, namespaces: Sequence[Namespace]) -> None:
+        for ns in namespaces:
+            async def planner(ns: Namespace = ns) -> Any:
+                return await plan_collection(self.client, ns, self.config)
+
+            if await self.store.plan_once(ns, planner):
+                log.info("planned backfill", extra={"fields": {"namespace": str(ns)}})
+
+    async def rebackfill(self, namespaces: Sequence[Namespace]) -> None:
+        """Copy ``namespaces`` again from scratch (their chunks are re-planned)."""
+        await self.store.reset(namespaces)
+        await self.plan(namespaces)
+
+    # -- running ---------------------------------------------------------------------
+    async def run(self, namespaces: Sequence[Namespace],
+                  progress_line: Callable[[str], None] | None = None) -> bool:
+        """Plan, copy until every chunk is done (True) or a stop was requested (False)."""
+        await self.plan(namespaces)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._report_loop, progress_line)
+            async with anyio.create_task_group() as workers:
+                # Spare tasks wait on the limiter, so set_workers can also raise the count.
+                for _ in range(max(MAX_WORKERS, self.config.workers)):
+                    workers.start_soon(self._worker, list(namespaces))
+            tg.cancel_scope.cancel()
+        await self.refresh_progress(progress_line)
+        return not self.stopping
+
+    async def _worker(self, namespaces: list[Namespace]) -> None:
+        failures = 0
+        while not self.stopping:
+            chunk: ChunkRecord | None = None
+            try:
+                async with self.limiter:
+                    chunk = await self.store.claim(namespaces)
+                    if chunk is not None:
+                        await self.copy_chunk(chunk)
+                        failures = 0
+                        continue
+                if await self.store.remaining(namespaces) == 0:
+                    return
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                failures += 1
+                log.warning("backfill step failed; retrying", extra={"fields": {
+                    "chunk": chunk.id if chunk else None, "error": type(exc).__name__,
+                    "attempt": failures}})
+                if chunk is not None:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                        try:
+                            await self.store.release(chunk.id)
+                        except Exception:  # the lease expires on its own
+                            pass
+                await anyio.sleep(min(30.0, 0.2 * 2 ** min(failures, 7)))
+                continue
+            # Chunks are leased by other workers (maybe a dead process): wait, retry.
+            with anyio.move_on_after(min(1.0, self.config.lease_seconds / 4)):
+                await self._stop.wait()
+
+    async def copy_chunk(self, chunk: ChunkRecord) -> bool:
+        """Copy one claimed chunk; True when it was completed (marked done)."""
+        ns = chunk.namespace
+        filter_ = await chunk_filter(self.client, ns, chunk.lower, chunk.upper)
+        docs = nbytes = 0
+        async with self.client.start_session(causal_consistency=False) as session:
+            label = await read_label(self.client, ns, session, self.stream_start)
+            await self.store.renew(chunk.id, docs=0, nbytes=0, read_started=label.packed)
+            pending: list[bytes] = []
+            if filter_ is not None:
+                async for batch in read_batches(self.client, ns, filter_,
+                                                batch_size=self.config.batch_size,
+                                                session=session):
+                    if pending:
+                        if self.stopping:
+                            await self.store.release(chunk.id)
+                            return False
+                        docs += len(pending)
+                        nbytes += sum(len(d) for d in pending)
+                        if not await self.store.renew(chunk.id, docs=docs, nbytes=nbytes):
+                            log.warning("lost the lease of a chunk; another worker copies it",
+                                        extra={"fields": {"chunk": chunk.id}})
+                            return False
+                        await self._write(ns, pending, label, None)
+                    pending = batch
+        docs += len(pending)
+        nbytes += sum(len(d) for d in pending)
+        await self.store.renew(chunk.id, docs=docs, nbytes=nbytes)
+        try:
+            await self._write(ns, pending, label, chunk.id)
+        except InvariantError:
+            if await self.store.exists(chunk.id):
+                raise
+            # The namespace was reset for a re-copy meanwhile: its new chunks cover this.
+            log.info("chunk was replaced by a re-plan", extra={"fields": {"chunk": chunk.id}})
+            return False
+        self.copied_chunks += 1
+        return True
+
+    async def _write(self, ns: Namespace, docs: list[bytes], label: ClusterTime,
+                     chunk_id: int | None) -> None:
+        if docs:
+            await self.throttle.acquire(len(docs))
+        version = label.packed
+        changes = [Change(ns, id_document(d), version, Op.UPSERT, d, Origin.BACKFILL)
+                   for d in docs]
+        await self.sink.apply(Batch(changes, chunk_id=chunk_id))
+        if docs:
+            self.copied_documents += len(docs)
+            DOCUMENTS.labels(str(ns)).inc(len(docs))
+            BYTES.labels(str(ns)).inc(sum(len(d) for d in docs))
+
+    # -- targeted copies -------------------------------------------------------------
+    async def copy_ids(self, namespace: Namespace, ids: Sequence[Any]) -> int:
+        """Copy the given ``_id`` values again now; ids that no longer exist are written
+        as deletes at the read label (a later insert still wins). Returns upserts."""
+        found = 0
+        async with self.client.start_session(causal_consistency=False) as session:
+            label = await read_label(self.client, namespace, session, self.stream_start)
+            seen: set[bytes] = set()
+            for start in range(0, len(ids), self.config.batch_size):
+                part = list(ids[start:start + self.config.batch_size])
+                async for batch in read_batches(self.client, namespace, {"_id": {"$in": part}},
+                                                batch_size=self.config.batch_size,
+                                                session=session):
+                    seen.update(id_document(d) for d in batch)
+                    found += len(batch)
+                    await self._write(namespace, batch, label, None)
+            missing = [bson.encode({"_id": v}) for v in ids]
+            deletes = [Change(namespace, k, label.packed, Op.DELETE, None, Origin.BACKFILL)
+                       for k in missing if k not in seen]
+            if deletes:
+                await self.sink.apply(Batch(deletes))
+        return found
+
+    async def sweep_stale(self, namespace: Namespace, schema: str, table: str,
+                          before: ClusterTime) -> int:
+        """After a full re-copy that started at ``before``: every row still older than
+        that belongs to a document that did not exist when its chunk was read (deleted
+        while the stream had lost its history). Each is re-read by ``_id`` and written
+        again — an upsert if it exists after all, else a delete at the read label."""
+        swept = 0
+        after = b""
+        while True:
+            rows = await self.store.stale_ids(schema, table, before.packed, after=after,
+                                              limit=self.config.batch_size)
+            if not rows:
+                return swept
+            after = rows[-1][0]
+            ids = [bson.decode(id_bson)["_id"] for _, id_bson in rows]
+            await self.copy_ids(namespace, ids)
+            swept += len(ids)
+
+    # -- progress --------------------------------------------------------------------
+    async def refresh_progress(self, progress_line: Callable[[str], None] | None = None
+                               ) -> ProgressTracker:
+        now = time.monotonic()
+        for st in await self.store.status():
+            self.tracker.update(st.namespace, estimated=st.estimated, copied=st.docs,
+                                copied_bytes=st.bytes, total=st.total, done=st.done,
+                                running=st.running, now=now)
+        export(self.tracker)
+        if progress_line is not None:
+            progress_line(render_line(self.tracker))
+        return self.tracker
+
+    async def _report_loop(self, progress_line: Callable[[str], None] | None) -> None:
+        while True:
+            await anyio.sleep(self.config.progress_interval_seconds)
+            await self.refresh_progress(progress_line)

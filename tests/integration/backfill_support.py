@@ -1,0 +1,105 @@
+"""Shared helpers of the backfill and daemon tests: the in-process pipeline and checks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import psycopg
+from psycopg import sql
+from pymongo import AsyncMongoClient, MongoClient
+
+from backfill.chunks import ChunkStore
+from backfill.config import BackfillConfig
+from backfill.worker import Backfill
+from cdc.batch import Batch
+from cdc.cursor import operation_time
+from cdc.mapping import MappingConfig, resolve
+from cdc.mapping.model import Mapper
+from cdc.sink import Sink
+from cdc.stream import StreamConfig, Tailer
+from cdc.types import ClusterTime, Namespace
+from ops.compare import Comparison, compare_all
+from ops.sinkguard import GuardedSink
+
+CONTROL = "m2p_ctl"
+
+
+def mapper_for(ns: Namespace) -> Mapper:
+    return resolve(MappingConfig(), ns)
+
+
+class HookedSink:
+    """The real sink with a seam: ``hook`` runs before each batch is applied."""
+
+    def __init__(self, sink: Any, hook: Callable[[Batch], Awaitable[None]]) -> None:
+        self.sink = sink
+        self.hook = hook
+
+    async def apply(self, batch: Batch) -> Any:
+        await self.hook(batch)
+        return await self.sink.apply(batch)
+
+
+class Pipeline:
+    def __init__(self, client: AsyncMongoClient[Any], sink: GuardedSink, tailer: Tailer,
+                 store: ChunkStore, start: ClusterTime, dsn: str) -> None:
+        self.client = client
+        self.sink = sink
+        self.tailer = tailer
+        self.store = store
+        self.start = start
+        self.dsn = dsn
+
+    def backfill(self, config: BackfillConfig, sink: Any = None) -> Backfill:
+        return Backfill(client=self.client, sink=sink or self.sink, store=self.store,
+                        config=config, stream_start=self.start)
+
+    async def server_time(self) -> ClusterTime:
+        when = operation_time(await self.client.admin.command("ping"))
+        assert when is not None
+        return when
+
+    async def caught_up(self) -> None:
+        """Wait (20 s at most) until the tailer applied all the source had at this moment."""
+        target = await self.server_time()
+        with anyio.fail_after(20):
+            while self.tailer.last_applied < target:  # noqa: ASYNC110 - polled by design
+                await anyio.sleep(0.05)
+
+
+@asynccontextmanager
+async def pipeline(mongo_uri: str, dsn: str, include: list[str],
+                   owner: str = "test") -> AsyncIterator[Pipeline]:
+    """Sink + tailer (started, so the stream start is persisted) + chunk store."""
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+    raw_sink = await Sink.open(dsn, CONTROL, mapper_for, max_size=4)
+    sink = GuardedSink(raw_sink)
+    store = await ChunkStore.connect(dsn, CONTROL, owner, lease_seconds=30)
+    tailer = Tailer(client=client, sink=sink, include=include,
+                    config=StreamConfig(batch_max_ms=50, max_await_ms=100))
+    try:
+        async with anyio.create_task_group() as tg:
+            start = await tg.start(tailer.run)
+            yield Pipeline(client, sink, tailer, store, start, dsn)
+            tg.cancel_scope.cancel()
+    finally:
+        await store.close()
+        await raw_sink.close()
+        await client.close()
+
+
+def compare(mongo_uri: str, dsn: str, namespaces: list[Namespace]) -> Comparison:
+    mongo: MongoClient[Any]
+    with MongoClient(mongo_uri) as mongo:
+        return compare_all(mongo, dsn, namespaces, mapper_for)
+
+
+def chunk_rows(dsn: str) -> list[tuple[Any, ...]]:
+    """``(namespace, seq, status, attempts, docs)`` of every chunk."""
+    with psycopg.connect(dsn) as conn:
+        return list(conn.execute(sql.SQL(
+            "SELECT namespace, seq, status, attempts, docs FROM {}.chunks "
+            "ORDER BY namespace, seq").format(sql.Identifier(CONTROL))).fetchall())
