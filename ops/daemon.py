@@ -57,7 +57,6 @@ from cdc.types import ZERO_TIME, ClusterTime, Namespace, Phase
 from ops.config import Config
 from ops.metrics import serve_metrics
 from ops.phases import MANAGED, PhaseMachine, next_phase
-from ops.sinkguard import GuardedSink
 
 log = logging.getLogger("mongo2pg.daemon")
 SWEEP_KEY = "resync.sweep_before"
@@ -112,9 +111,8 @@ class Daemon:
     async def run(self) -> int:
         cfg = self.config
         self.client: AsyncMongoClient[Any] = AsyncMongoClient(cfg.source.uri, appname="mongo2pg")
-        self.raw_sink = await Sink.open(cfg.target.dsn, self.schema, self.mapper_for,
+        self.sink = await Sink.open(cfg.target.dsn, self.schema, self.mapper_for,
                                         max_size=max(2, cfg.backfill.workers + 2))
-        self.sink = GuardedSink(self.raw_sink)
         self.store = await ChunkStore.connect(cfg.target.dsn, self.schema, default_owner(),
                                               cfg.backfill.lease_seconds)
         self.phases = PhaseMachine(cfg.target.dsn, self.schema)
@@ -130,7 +128,7 @@ class Daemon:
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):
                 await self.store.close()
-                await self.raw_sink.close()
+                await self.sink.close()
                 await self.client.close()
         log.info("daemon stopped", extra={"fields": {"exit_code": self.exit_code}})
         return self.exit_code

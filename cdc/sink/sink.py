@@ -157,6 +157,15 @@ class Sink:
             raise
         return cls(pool, control, dsn, control_schema, mapper_for)
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The data-plane pool (the tailer keeps its stream state rows through it)."""
+        return self._pool
+
+    @property
+    def control_schema(self) -> str:
+        return self._schema
+
     async def close(self) -> None:
         try:
             await self._pool.close()

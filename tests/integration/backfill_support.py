@@ -22,7 +22,6 @@ from cdc.sink import Sink
 from cdc.stream import StreamConfig, Tailer
 from cdc.types import ClusterTime, Namespace
 from ops.compare import Comparison, compare_all
-from ops.sinkguard import GuardedSink
 
 CONTROL = "m2p_ctl"
 
@@ -44,7 +43,7 @@ class HookedSink:
 
 
 class Pipeline:
-    def __init__(self, client: AsyncMongoClient[Any], sink: GuardedSink, tailer: Tailer,
+    def __init__(self, client: AsyncMongoClient[Any], sink: Sink, tailer: Tailer,
                  store: ChunkStore, start: ClusterTime, dsn: str) -> None:
         self.client = client
         self.sink = sink
@@ -75,8 +74,7 @@ async def pipeline(mongo_uri: str, dsn: str, include: list[str],
                    owner: str = "test") -> AsyncIterator[Pipeline]:
     """Sink + tailer (started, so the stream start is persisted) + chunk store."""
     client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
-    raw_sink = await Sink.open(dsn, CONTROL, mapper_for, max_size=4)
-    sink = GuardedSink(raw_sink)
+    sink = await Sink.open(dsn, CONTROL, mapper_for, max_size=4)
     store = await ChunkStore.connect(dsn, CONTROL, owner, lease_seconds=30)
     tailer = Tailer(client=client, sink=sink, include=include,
                     config=StreamConfig(batch_max_ms=50, max_await_ms=100))
@@ -87,7 +85,7 @@ async def pipeline(mongo_uri: str, dsn: str, include: list[str],
             tg.cancel_scope.cancel()
     finally:
         await store.close()
-        await raw_sink.close()
+        await sink.close()
         await client.close()
 
 
