@@ -1,7 +1,7 @@
 """Build of the C extension ``cdc.mapping._fastejson`` (everything else is in
 pyproject.toml). ``pip install -e .`` builds it in place next to its sources."""
 
-from setuptools import Extension, setup
+from setuptools import Extension, setup  # type: ignore[import-untyped]
 
 setup(
     ext_modules=[

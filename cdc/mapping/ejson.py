@@ -166,14 +166,16 @@ def needs_walker(raw: bytes) -> bool:
     with '$' (a type byte, then '$'), a NaN/±Infinity double (exponent bits all set:
     little-endian bytes 6-7 are [f0-ff] then 7f or ff) or -0.0. Built from memchr-speed
     ``find`` calls; a false alarm only costs time."""
-    pos = raw.find(b"$")
+    # Scans start at 1: byte 0 (the document's length) has no byte before it, and
+    # must not end the scan when it happens to equal the byte looked for.
+    pos = raw.find(b"$", 1)
     while pos > 0:
         before = raw[pos - 1]
         if 0x01 <= before <= 0x13 or before in (0x7F, 0xFF):
             return True
         pos = raw.find(b"$", pos + 1)
     for high in (b"\x7f", b"\xff"):
-        pos = raw.find(high)
+        pos = raw.find(high, 1)
         while pos > 0:
             if raw[pos - 1] >= 0xF0:
                 return True
