@@ -1,0 +1,248 @@
+"""Turn a :class:`~cdc.batch.Batch` into per-table row sets: coalesce, map, dead-letter.
+
+Pure and synchronous (no I/O), so it is unit-tested without a database.
+
+
+Coalescing applies the sink's version rule inside the batch: walking the changes in
+stream order, a change replaces the current candidate for its document when its
+version is newer, or equal and it comes from the stream (:class:`~cdc.batch.Origin`:
+a change event wins a tie, a backfill row loses it). Folding a batch this way and then
+applying only the winner against the stored state gives the same result as applying
+every change one by one, so the database sees at most one row per key and table.
+Candidates are first grouped by the raw ``_id`` bytes (no mapping needed); only the
+winners are mapped — lazily, while the sink streams them into COPY — and grouped again
+by the mapped key (distinct BSON ids that the mapping encodes alike, e.g. the same
+number as int32 and double, are one row).
+
+A document the mapping rejects (:class:`~cdc.errors.DataError`) becomes a dead letter
+carrying its raw BSON, id, version and the reason; the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from cdc.batch import Batch, Change, Op, Origin
+from cdc.errors import DataError, InvariantError
+from cdc.mapping.model import Mapper
+from cdc.types import Namespace
+
+
+class OpCounts(msgspec.Struct):
+    """What happened to the changes of one namespace and operation."""
+
+    applied: int = 0
+    """Reached the target (the version guard let them through)."""
+    skipped: int = 0
+    """Superseded inside the batch or older than what the target holds."""
+    dead_lettered: int = 0
+    """Could not be mapped; stored in the dead-letter table."""
+
+
+class ApplyResult(msgspec.Struct):
+    """Counts of one applied batch, per namespace (``db.coll``) and operation."""
+
+    counts: dict[str, dict[Op, OpCounts]] = msgspec.field(default_factory=dict)
+
+    def of(self, namespace: Namespace | str, op: Op) -> OpCounts:
+        per_ns = self.counts.setdefault(str(namespace), {})
+        found = per_ns.get(op)
+        if found is None:
+            found = per_ns[op] = OpCounts()
+        return found
+
+    def total(self, what: str) -> int:
+        """Sum of ``applied``, ``skipped`` or ``dead_lettered`` over everything."""
+        return sum(getattr(c, what) for per in self.counts.values() for c in per.values())
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    namespace: str
+    id_bson: bytes
+    version: int
+    raw: bytes | None
+    reason: str
+
+
+@dataclass(slots=True)
+class NamespacePlan:
+    """Net changes of one namespace in one batch; upserts are mapped lazily.
+
+    :meth:`root_records` maps while the caller streams its output into COPY, so the
+    mapping (client CPU) overlaps PostgreSQL parsing the rows already sent. A document
+    whose mapped key turns out to repeat one staged earlier is resolved with the version
+    rule there and then; the loser's position lands in ``losers`` so the caller removes
+    it from staging (``_m2p_seq``) — a rare case: distinct BSON ids, one key.
+    """
+
+    namespace: Namespace
+    mapper: Mapper
+    root_name: str
+    upserts: list[tuple[int, Change]] = field(default_factory=list)
+    """(position in batch, change) of the upserts that won pass 1."""
+    deletes: list[tuple[bytes, int, bool, int]] = field(default_factory=list)
+    """(key, version, from_stream, position) per deleted document."""
+    child_records: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    """Child rows + (version,), per child table, filled by root_records."""
+    losers: list[int] = field(default_factory=list)
+    """Positions of staged changes that a later-mapped change on the same key beat."""
+    staged_upserts: int = 0
+    staged_deletes: int = 0
+    all_backfill: bool = True
+    """Every change of this namespace in the batch came from the backfill."""
+    direct: bool = False
+    """The upserts went straight into the target (see ``Sink._direct``)."""
+    direct_tails: list[tuple[bool, int]] = field(default_factory=list)
+    _seen: dict[bytes, tuple[int, Change]] = field(default_factory=dict)
+    _child_spans: list[tuple[int, str, int, int]] = field(default_factory=list)
+    """(position, child table, start, end) of each document's rows in child_records."""
+
+    def _claim(self, key: bytes, pos: int, change: Change, result: ApplyResult) -> bool:
+        """Whether ``change`` is the key's winner so far; records what it displaces."""
+        prev = self._seen.get(key)
+        if prev is not None:
+            later, earlier = ((pos, change), prev) if pos > prev[0] else (prev, (pos, change))
+            winner = later if _beats(later[1], earlier[1]) else earlier
+            loser = earlier if winner is later else later
+            result.of(self.namespace, loser[1].op).skipped += 1
+            if winner[0] != pos:
+                return False
+            self.losers.append(prev[0])
+            if prev[1].op is Op.UPSERT:
+                self.staged_upserts -= 1
+            else:
+                self.staged_deletes -= 1
+        self._seen[key] = (pos, change)
+        return True
+
+    def root_records(self, dead: list[DeadLetter], result: ApplyResult, *,
+                     direct: bool = False) -> Iterator[tuple[Any, ...]]:
+        """Root rows + (version, from_stream, position) of the upserts, mapped on demand.
+
+        With ``direct``, root rows + (version,) — the target's own columns — and the
+        (from_stream, position) of each row go to :attr:`direct_tails` instead, so a
+        fallback can rebuild the staging records (:meth:`staging_records`)."""
+        ns = self.namespace
+        root_name = self.root_name
+        children = self.child_records
+        spans = self._child_spans
+        tails = self.direct_tails
+        for pos, change in self.upserts:
+            doc = change.doc
+            if doc is None:
+                raise InvariantError(f"upsert without a document in {ns}")
+            try:
+                mapped = self.mapper.map_document(doc)
+            except DataError as exc:
+                dead.append(DeadLetter(str(ns), change.id_bson, change.version, doc, str(exc)))
+                result.of(ns, Op.UPSERT).dead_lettered += 1
+                continue
+            if not self._claim(mapped.key, pos, change, result):
+                continue
+            rows = mapped.rows
+            root_rows = rows.get(root_name)
+            if root_rows is None or len(root_rows) != 1:
+                raise InvariantError(f"{ns}: the mapping must give exactly one {root_name} row")
+            version = change.version
+            self.staged_upserts += 1
+            if direct:
+                tails.append((change.origin is Origin.STREAM, pos))
+                yield root_rows[0] + (version,)
+            else:
+                yield root_rows[0] + (version, change.origin is Origin.STREAM, pos)
+            if len(rows) > 1:
+                tail = (version,)
+                for table, table_rows in rows.items():
+                    if table == root_name or not table_rows:
+                        continue
+                    dest = children.get(table)
+                    if dest is None:
+                        dest = children[table] = []
+                    start = len(dest)
+                    dest.extend(r + tail for r in table_rows)
+                    spans.append((pos, table, start, len(dest)))
+
+    def staging_records(self, direct_rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The staging form of rows :meth:`root_records` gave with ``direct``."""
+        return [r + t for r, t in zip(direct_rows, self.direct_tails, strict=True)]
+
+    def children_without_losers(self, table: str) -> list[tuple[Any, ...]]:
+        """Child rows + (version,) of ``table``, without those of displaced documents."""
+        rows = self.child_records.get(table, [])
+        if not self.losers:
+            return rows
+        gone = set(self.losers)
+        drop = [(a, b) for pos, t, a, b in self._child_spans if t == table and pos in gone]
+        if not drop:
+            return rows
+        keep: list[tuple[Any, ...]] = []
+        at = 0
+        for a, b in drop:
+            keep.extend(rows[at:a])
+            at = b
+        keep.extend(rows[at:])
+        return keep
+
+
+@dataclass(slots=True)
+class Plan:
+    namespaces: dict[Namespace, NamespacePlan]
+    dead_letters: list[DeadLetter]
+    result: ApplyResult
+
+
+def _beats(later: Change, earlier: Change) -> bool:
+    """Whether ``later`` (after ``earlier`` in stream order) replaces it."""
+    return later.version > earlier.version or (
+        later.version == earlier.version and later.origin is Origin.STREAM
+    )
+
+
+def plan_batch(batch: Batch, mapper_of: Callable[[Namespace], Mapper]) -> Plan:
+    """Coalesce ``batch`` by raw id and map its deletes; upserts map in root_records."""
+    result = ApplyResult()
+    first: dict[tuple[Namespace, bytes], tuple[int, Change]] = {}
+    for pos, change in enumerate(batch.changes):
+        k = (change.namespace, change.id_bson)
+        prev = first.get(k)
+        if prev is None:
+            first[k] = (pos, change)
+        elif _beats(change, prev[1]):
+            first[k] = (pos, change)
+            result.of(change.namespace, prev[1].op).skipped += 1
+        else:
+            result.of(change.namespace, change.op).skipped += 1
+
+    dead: list[DeadLetter] = []
+    plans: dict[Namespace, NamespacePlan] = {}
+    for pos, change in first.values():
+        ns = change.namespace
+        plan = plans.get(ns)
+        if plan is None:
+            mapper = mapper_of(ns)
+            plan = plans[ns] = NamespacePlan(ns, mapper, mapper.tables()[0].name)
+        if change.origin is not Origin.BACKFILL:
+            plan.all_backfill = False
+        if change.op is Op.UPSERT:
+            plan.upserts.append((pos, change))
+            continue
+        try:
+            key = plan.mapper.map_key(change.id_bson)
+        except DataError as exc:
+            dead.append(DeadLetter(str(ns), change.id_bson, change.version, None, str(exc)))
+            result.of(ns, Op.DELETE).dead_lettered += 1
+            continue
+        if plan._claim(key, pos, change, result):
+            plan.deletes.append((key, change.version, change.origin is Origin.STREAM, pos))
+            plan.staged_deletes += 1
+    # Deletes that a later delete of the same key displaced never reach staging.
+    for plan in plans.values():
+        if plan.losers:
+            gone = set(plan.losers)
+            plan.deletes = [d for d in plan.deletes if d[3] not in gone]
+            plan.losers.clear()
+    return Plan(plans, dead, result)

@@ -1,0 +1,368 @@
+"""The PostgreSQL sink: applies batches with exactly-once effect (DESIGN §3.1, §3.3, §3.4).
+
+:class:`Sink` owns an asyncpg pool (the data plane) and one psycopg connection (the
+control plane: migrations and target DDL). ``apply`` runs one transaction per batch:
+
+1. make sure the namespace's tables exist (first sight of a namespace or a grown layout
+   runs :func:`cdc.sink.ddl.ensure_tables`, then the result is cached);
+2. plan (pure, :mod:`cdc.sink.plan`): coalesce, map deletes' keys; documents are mapped
+   later, while their rows stream into COPY (dead letters are collected on the way);
+3. take a transaction-scoped advisory lock per root table, sorted by lock key —
+   *shared* when the batch only upserts the table, *exclusive* when it deletes from it.
+   Upserts race safely through ``ON CONFLICT`` row locks; a delete's "no row and no newer
+   tombstone" test is a snapshot read, so it must not overlap a concurrent upsert of the
+   same table (otherwise a backfill row could land beside a fresh tombstone);
+4. COPY (binary) the net rows into the staging tables, run the delete, upsert and child
+   statements of :mod:`cdc.sink.statements`, COPY dead letters, upsert the checkpoint
+   (never backwards) and mark the backfill chunk done — then commit. A batch that only
+   copies (backfill) into keys the target has never seen skips staging: its rows are
+   COPYed straight into the target tables inside a savepoint (:meth:`Sink._direct`).
+
+Staging tables are temporary tables of the pooled sessions, created once per
+connection; pooled connections are released without a reset query because the sink
+leaves no other session state.
+
+Connection loss, serialization failures and deadlocks surface as
+:class:`~cdc.errors.TargetUnavailable`; the transaction is then rolled back as a whole,
+so a retry of the same batch is exact.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import asyncpg
+import psycopg
+from psycopg import sql
+
+from cdc.batch import Batch, Checkpoint, Op
+from cdc.errors import InvariantError, TargetUnavailable, is_retriable
+from cdc.mapping.model import Mapper, TableShape
+from cdc.sink import ddl, statements
+from cdc.sink.migrations import LOCK_SPACE, migrate
+from cdc.sink.plan import ApplyResult, DeadLetter, NamespacePlan, plan_batch
+from cdc.types import Namespace
+
+MapperFor = Callable[[Namespace], Mapper]
+
+
+def asyncpg_params(dsn: str) -> dict[str, Any]:
+    """asyncpg connect arguments for a libpq DSN (URL or ``key=value`` form)."""
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    params: dict[str, Any] = {}
+    for ours, theirs in (("host", "host"), ("port", "port"), ("user", "user"),
+                         ("password", "password"), ("dbname", "database"),
+                         ("sslmode", "ssl")):
+        if info.get(ours) is not None:
+            params[theirs] = int(str(info[ours])) if ours == "port" else info[ours]
+    # work_mem: the merge sorts a batch's staged rows by key in memory, not on disk.
+    # jit off: the merge's per-row subplans inflate cost estimates past jit_above_cost,
+    # and compiling them takes longer than running them, every batch.
+    settings = {"client_min_messages": "warning", "work_mem": "64MB", "jit": "off"}
+    if info.get("application_name"):
+        settings["application_name"] = str(info["application_name"])
+    params["server_settings"] = settings
+    return params
+
+
+def _lock_key(qualified: str) -> int:
+    """Stable signed 32-bit key of a table's write lock (crc32; collisions only serialise)."""
+    value = zlib.crc32(f"sink:{qualified}".encode())
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+class _Connection(asyncpg.Connection):
+    """A pool connection that remembers which staging tables its session holds."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.m2p_staged: set[str] = set()
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (one round trip per batch saved): the sink
+    leaves no session state behind but its staging tables, which it wants to keep, and
+    transaction-scoped advisory locks, which end with the transaction."""
+
+
+class _Fallback(Exception):
+    """The direct path cannot take this batch; use the staged one."""
+
+
+DIRECT_PAUSE = 16
+"""Batches of a namespace that skip the direct path after it had to fall back."""
+
+
+class _Known:
+    """What the sink has ensured for one namespace."""
+
+    __slots__ = ("direct_pause", "mapper", "shapes", "sql")
+
+    def __init__(self, mapper: Mapper, shapes: tuple[TableShape, ...],
+                 nsql: statements.NamespaceSql) -> None:
+        self.mapper = mapper
+        self.shapes = shapes
+        self.sql = nsql
+        self.direct_pause = 0
+
+
+class Sink:
+    """Writes batches to PostgreSQL; see the module docstring for the mechanism."""
+
+    def __init__(self, pool: asyncpg.Pool, control: psycopg.AsyncConnection[Any], dsn: str,
+                 control_schema: str, mapper_for: MapperFor) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._control = control
+        self._schema = control_schema
+        self._mapper_for = mapper_for
+        self._known: dict[Namespace, _Known] = {}
+        self._next_index = 0
+        self._ddl_lock = anyio.Lock()  # one control connection: one DDL at a time
+        ctl = sql.Identifier(control_schema)
+        self._sql_checkpoint = sql.SQL(
+            "INSERT INTO {}.checkpoints AS c (stream, resume_token, cluster_time, updated_at)"
+            " VALUES ($1, $2, $3, now()) ON CONFLICT (stream) DO UPDATE SET"
+            " resume_token = EXCLUDED.resume_token, cluster_time = EXCLUDED.cluster_time,"
+            " updated_at = now() WHERE c.cluster_time <= EXCLUDED.cluster_time"
+        ).format(ctl).as_string(None)
+        self._sql_chunk = sql.SQL(
+            "UPDATE {}.chunks SET status = 'done', updated_at = now() WHERE id = $1"
+        ).format(ctl).as_string(None)
+        self._sql_load = sql.SQL(
+            "SELECT stream, resume_token, cluster_time FROM {}.checkpoints WHERE stream = $1"
+        ).format(ctl).as_string(None)
+
+    @classmethod
+    async def open(cls, dsn: str, control_schema: str, mapper_for: MapperFor, *,
+                   min_size: int = 1, max_size: int = 4) -> Sink:
+        """Migrate the control schema, then open the data-plane pool."""
+        try:
+            control = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        except psycopg.Error as exc:
+            _raise_if_unavailable(exc, "connecting the control plane")
+            raise
+        try:
+            await migrate(control, control_schema)
+            pool = await asyncpg.create_pool(
+                min_size=min_size, max_size=max_size, connection_class=_Connection,
+                reset=_keep_session, **asyncpg_params(dsn))
+        except BaseException as exc:
+            await control.close()
+            if isinstance(exc, Exception) and is_retriable(exc):
+                raise TargetUnavailable("opening the sink") from exc
+            raise
+        return cls(pool, control, dsn, control_schema, mapper_for)
+
+    async def close(self) -> None:
+        try:
+            await self._pool.close()
+        finally:
+            await self._control.close()
+
+    async def load_checkpoint(self, stream: str) -> Checkpoint | None:
+        try:
+            row = await self._pool.fetchrow(self._sql_load, stream)
+        except Exception as exc:
+            _raise_if_unavailable(exc, f"loading checkpoint {stream!r}")
+            raise
+        if row is None:
+            return None
+        return Checkpoint(row["stream"], row["resume_token"], row["cluster_time"])
+
+    async def _ensure(self, ns: Namespace) -> _Known:
+        known = self._known.get(ns)
+        if known is not None and known.shapes == known.mapper.tables():
+            return known
+        async with self._ddl_lock:
+            return await self._ensure_locked(ns)
+
+    async def _ensure_locked(self, ns: Namespace) -> _Known:
+        known = self._known.get(ns)
+        mapper = known.mapper if known is not None else self._mapper_for(ns)
+        shapes = mapper.tables()
+        if known is not None and known.shapes == shapes:
+            return known
+        try:
+            if self._control.closed or self._control.broken:
+                self._control = await psycopg.AsyncConnection.connect(self._dsn,
+                                                                      autocommit=True)
+            await ddl.ensure_tables(self._control, shapes)
+        except psycopg.Error as exc:
+            _raise_if_unavailable(exc, f"creating tables of {ns}")
+            raise
+        # A new index per layout: sessions may hold staging tables of an older layout.
+        nsql = statements.build(self._next_index, shapes, self._schema)
+        self._next_index += 1
+        known = self._known[ns] = _Known(mapper, shapes, nsql)
+        return known
+
+    def _mapper_of(self, ns: Namespace) -> Mapper:
+        known = self._known.get(ns)
+        return known.mapper if known is not None else self._mapper_for(ns)
+
+    async def apply(self, batch: Batch) -> ApplyResult:
+        """Apply ``batch`` atomically (rows, dead letters, checkpoint, chunk)."""
+        # Ensure the layout of every namespace first so mapping uses the cached mapper.
+        for ns in sorted({c.namespace for c in batch.changes}):
+            await self._ensure(ns)
+        plan = plan_batch(batch, self._mapper_of)
+        if not batch.changes and batch.checkpoint is None and batch.chunk_id is None:
+            return plan.result
+        what = _describe(batch)
+        try:
+            async with self._pool.acquire() as conn:
+                await self._write(conn, batch, plan.namespaces, plan.dead_letters,
+                                  plan.result)
+        except (InvariantError, TargetUnavailable):
+            raise
+        except Exception as exc:
+            _raise_if_unavailable(exc, f"applying {what}")
+            raise
+        return plan.result
+
+    async def _direct(self, conn: Any, known: _Known, p: NamespacePlan,
+                      dead: list[DeadLetter], result: ApplyResult) -> bool:
+        """Backfill into keys the target has never seen: COPY straight into the tables.
+
+        Taken only for a batch whose changes of this namespace are all backfill
+        upserts. Inside a savepoint the rows are COPYed into the target tables; the
+        primary key rejects any key that has a row (then the savepoint is rolled back),
+        and a probe rejects keys with a tombstone. Either way the rows already mapped
+        go the staged, version-guarded way; no row is mapped twice. A fallback turns the
+        direct path off for the namespace for a while (a resync re-copies known keys).
+        """
+        if p.deletes or not p.all_backfill or known.direct_pause > 0:
+            known.direct_pause = max(known.direct_pause - 1, 0)
+            return False
+        nsql = known.sql
+        taken: list[tuple[Any, ...]] = []
+        source = p.root_records(dead, result, direct=True)
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            for record in source:
+                taken.append(record)
+                yield record
+
+        try:
+            async with conn.transaction():  # a savepoint
+                await conn.copy_records_to_table(
+                    nsql.root.name, schema_name=nsql.root.schema, records=rows(),
+                    columns=nsql.target_columns)
+                for child in nsql.children:
+                    child_rows = p.child_records.get(child.shape.name)
+                    if child_rows:
+                        await conn.copy_records_to_table(
+                            child.shape.name, schema_name=child.shape.schema,
+                            records=child_rows, columns=child.columns)
+                if taken:
+                    keys = [r[0] for r in taken]
+                    if await conn.fetchval(nsql.count_tombstones, nsql.root.qualified, keys,
+                                           min(keys), max(keys)):
+                        raise _Fallback
+        except (_Fallback, asyncpg.exceptions.UniqueViolationError):
+            known.direct_pause = DIRECT_PAUSE
+            taken.extend(source)  # map the rest, once
+            await conn.copy_records_to_table(
+                nsql.stage, schema_name="pg_temp", records=p.staging_records(taken),
+                columns=nsql.stage_columns)
+            for child in nsql.children:
+                child_rows = p.children_without_losers(child.shape.name)
+                if child_rows:
+                    await conn.copy_records_to_table(
+                        child.stage, schema_name="pg_temp", records=child_rows,
+                        columns=child.columns)
+            return True
+        p.direct = True
+        result.of(p.namespace, Op.UPSERT).applied += p.staged_upserts
+        return True
+
+    async def _write(self, conn: Any, batch: Batch, plans: dict[Namespace, NamespacePlan],
+                     dead: list[DeadLetter], result: ApplyResult) -> None:
+        work = [(self._known[ns], p) for ns, p in sorted(plans.items())]
+        # Staging tables live for the session: created outside the transaction (a
+        # rolled-back batch does not take them away), once per connection.
+        staged: set[str] = conn.m2p_staged
+        missing = [k.sql for k, _ in work if k.sql.stage not in staged]
+        if missing or not staged:
+            await conn.execute(";".join([statements.COMMON_STAGE_DDL]
+                                        + [m.stage_ddl for m in missing]))
+            staged.add("")
+            staged.update(m.stage for m in missing)
+        async with conn.transaction():
+            locks: dict[int, bool] = {}
+            for known, p in work:
+                key = _lock_key(known.sql.root.qualified)
+                locks[key] = locks.get(key, False) or bool(p.deletes)
+            if locks:
+                await conn.execute(";".join(
+                    f"SELECT pg_advisory_xact_lock{'' if exclusive else '_shared'}"
+                    f"({LOCK_SPACE}, {key})"
+                    for key, exclusive in sorted(locks.items())
+                ))
+            dels = [(k.sql.index, *d) for k, p in work for d in p.deletes]
+            if dels:
+                await conn.copy_records_to_table(
+                    statements.DELETES_STAGE, schema_name="pg_temp", records=dels,
+                    columns=("t", "k", "v", "s", "q"))
+            for known, p in work:
+                nsql = known.sql
+                table = nsql.root.qualified
+                if p.upserts and not await self._direct(conn, known, p, dead, result):
+                    # Mapping runs inside this COPY, overlapping the server's parsing.
+                    await conn.copy_records_to_table(
+                        nsql.stage, schema_name="pg_temp",
+                        records=p.root_records(dead, result), columns=nsql.stage_columns)
+                    for child in nsql.children:
+                        rows = p.children_without_losers(child.shape.name)
+                        if rows:
+                            await conn.copy_records_to_table(
+                                child.stage, schema_name="pg_temp", records=rows,
+                                columns=child.columns)
+                if p.losers:
+                    await conn.execute(nsql.drop_staged, p.losers)
+                if p.staged_deletes:
+                    n = await conn.fetchval(nsql.delete, table)
+                    counts = result.of(p.namespace, Op.DELETE)
+                    counts.applied += n
+                    counts.skipped += p.staged_deletes - n
+                if p.staged_upserts and not p.direct:
+                    n = await conn.fetchval(nsql.upsert, table)
+                    counts = result.of(p.namespace, Op.UPSERT)
+                    counts.applied += n
+                    counts.skipped += p.staged_upserts - n
+                    if n and nsql.children:
+                        await conn.execute(nsql.drop_children)
+                        await conn.execute(nsql.insert_children)
+            if dead:
+                await conn.copy_records_to_table(
+                    "dead_letters", schema_name=self._schema,
+                    records=[(d.namespace, d.id_bson, d.version, d.raw, d.reason)
+                             for d in dead],
+                    columns=("namespace", "id_bson", "version", "raw", "reason"))
+            if batch.checkpoint is not None:
+                cp = batch.checkpoint
+                await conn.execute(self._sql_checkpoint, cp.stream, cp.resume_token,
+                                   cp.cluster_time)
+            if batch.chunk_id is not None:
+                status = await conn.execute(self._sql_chunk, batch.chunk_id)
+                if status != "UPDATE 1":
+                    raise InvariantError(f"backfill chunk {batch.chunk_id} does not exist")
+
+
+def _describe(batch: Batch) -> str:
+    names = sorted({str(c.namespace) for c in batch.changes})
+    shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+    return f"a batch of {len(batch.changes)} changes ({shown or 'no changes'})"
+
+
+def _raise_if_unavailable(exc: Exception, what: str) -> None:
+    """Raise :class:`TargetUnavailable` for what may pass (connection loss, serialization
+    failure, deadlock); return for anything else, which the caller re-raises as is."""
+    if is_retriable(exc) or isinstance(
+        exc, psycopg.OperationalError | asyncpg.exceptions.ConnectionDoesNotExistError
+    ):
+        raise TargetUnavailable(f"PostgreSQL unavailable while {what}") from exc
