@@ -3,9 +3,11 @@
  * relaxed(raw) walks the BSON document once and writes the text the pure-Python
  * path of cdc/mapping/ejson.py writes for it (bson.decode, then msgspec.json.encode
  * of to_ejson(..., canonical=False)): same key order, same number formatting, same
- * wrappers and deviations. It returns (text, id_start, id_end), where raw[id_start:
- * id_end] is the top-level _id element (type byte, name, value), or None when the
- * document holds anything this module leaves to the Python path:
+ * wrappers and deviations. It returns the document-mode row (key, id_text, id_bson,
+ * text): id_bson is the top-level _id element cut out as {"_id": value}, key and
+ * id_text (keys.py's _key and document.py's _id text) are filled in for an ObjectId
+ * _id and None otherwise. It returns None when the document holds anything this
+ * module leaves to the Python path:
  *
  *   - a field name starting with '$' (type wrappers, DBRef, ambiguity checks);
  *   - a field name that occurs twice in one document (bson keeps the last value);
@@ -48,8 +50,7 @@ typedef struct {
  * code runs while it is in use. */
 static Out g_out = {NULL, 0, 0, 1};
 
-static int out_reserve(Out *o, size_t extra) {
-    if (o->len + extra <= o->cap) return ST_OK;
+static int out_grow(Out *o, size_t extra) {
     size_t cap = o->cap ? o->cap : 4096;
     while (cap < o->len + extra) {
         if (cap > ((size_t)PY_SSIZE_T_MAX) / 2) return ST_NOMEM;
@@ -62,10 +63,12 @@ static int out_reserve(Out *o, size_t extra) {
     return ST_OK;
 }
 
-#define RESERVE(o, n)                          \
-    do {                                       \
-        int rc_ = out_reserve((o), (n));       \
-        if (rc_ != ST_OK) return rc_;           \
+#define RESERVE(o, n)                                  \
+    do {                                               \
+        if ((o)->len + (n) > (o)->cap) {               \
+            int rc_ = out_grow((o), (n));              \
+            if (rc_ != ST_OK) return rc_;              \
+        }                                              \
     } while (0)
 
 static inline void put(Out *o, const char *s, size_t n) {
@@ -92,8 +95,12 @@ static inline int64_t rd_i64(const uint8_t *p) {
 /* 0: copy; 1: short escape; 2: \u00XX. As msgspec writes JSON strings. */
 static uint8_t ESC[128];
 static char ESC_CHAR[128];
+static uint8_t PLAIN[256]; /* 1: an ASCII byte written as itself */
 
 static void init_tables(void) {
+    for (int c = 0x20; c < 0x80; c++) PLAIN[c] = 1;
+    PLAIN['"'] = 0;
+    PLAIN['\\'] = 0;
     for (int c = 0; c < 0x20; c++) ESC[c] = 2;
     ESC['"'] = 1; ESC_CHAR['"'] = '"';
     ESC['\\'] = 1; ESC_CHAR['\\'] = '\\';
@@ -128,6 +135,17 @@ static inline size_t utf8_seq(const uint8_t *s, size_t n) {
     return 0;
 }
 
+/* Whether any of the 8 bytes in v is >= 0x80, < 0x20, '"' or '\\' (may say yes for a
+ * plain byte that follows such a byte; never says no wrongly). */
+static inline int needs_care(uint64_t v) {
+    const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+    uint64_t quote = v ^ (ones * '"'), backslash = v ^ (ones * '\\');
+    uint64_t control = (v - ones * 0x20) & ~v & high; /* some byte < 0x20 */
+    uint64_t quotes = (quote - ones) & ~quote & high;  /* some byte == '"' */
+    uint64_t backslashes = (backslash - ones) & ~backslash & high;
+    return (control | quotes | backslashes | (v & high)) != 0;
+}
+
 /* Write s[0:n] as a JSON string (quotes included); UTF-8 is validated. */
 static int write_string(Out *o, const uint8_t *s, size_t n) {
     static const char HEX[] = "0123456789abcdef";
@@ -137,6 +155,17 @@ static int write_string(Out *o, const uint8_t *s, size_t n) {
     *w++ = '"';
     size_t i = 0;
     while (i < n) {
+        /* Eight plain ASCII bytes at a time (no quote, backslash or control byte). */
+        while (i + 8 <= n) {
+            uint64_t v;
+            memcpy(&v, s + i, 8);
+            if (needs_care(v)) break;
+            memcpy(w, &v, 8);
+            w += 8;
+            i += 8;
+        }
+        while (i < n && PLAIN[s[i]]) *w++ = (char)s[i++];
+        if (i >= n) break;
         uint8_t c = s[i];
         if (c < 0x80) {
             uint8_t e = ESC[c];
@@ -199,12 +228,23 @@ static int shortest_exact(double a, uint64_t *m_out, int *s_out) {
     for (int s = 0; s <= 22; s++) {
         double scaled = a * POW10[s];
         if (!(scaled < 9007199254740992.0)) return 0; /* 2**53: beyond exact integers */
-        double m = nearbyint(scaled);
+        /* A candidate c (c / 10**s rounds to a) lies within scaled * 2**-52 of scaled:
+         * skip the divisions unless the nearest integer r is that close. */
+        double t = (double)(int64_t)scaled;
+        double r = (scaled - t >= 0.5) ? t + 1.0 : t;
+        double tol = scaled * 0x1p-50;
+        if (fabs(scaled - r) > tol || r < 1.0) continue;
+        if (tol < 0.25) { /* only r can be a candidate */
+            if (r / POW10[s] != a) continue;
+            *m_out = (uint64_t)r;
+            *s_out = s;
+            return 1;
+        }
         int found = 0;
         double hit = 0.0;
         for (int d = -1; d <= 1; d++) {
-            double c = m + d;
-            if (c > 0 && c / POW10[s] == a) {
+            double c = r + d;
+            if (c >= 1.0 && c / POW10[s] == a) {
                 found++;
                 hit = c;
             }
@@ -490,6 +530,7 @@ static int write_regex(Out *o, const uint8_t *pat, size_t np, const uint8_t *opt
 typedef struct {
     const uint8_t *k;
     size_t n;
+    uint64_t fp; /* length and three bytes: most different names differ here */
 } Key;
 
 typedef struct {
@@ -505,6 +546,12 @@ static inline uint64_t key_hash(const uint8_t *k, size_t n) {
     return h;
 }
 
+static inline uint64_t key_fp(const uint8_t *k, size_t n) {
+    if (n == 0) return 0;
+    return (uint64_t)n | ((uint64_t)k[0] << 32) | ((uint64_t)k[n / 2] << 40) |
+           ((uint64_t)k[n - 1] << 48);
+}
+
 static int table_insert(Key *table, size_t cap, const uint8_t *k, size_t n) {
     size_t i = (size_t)key_hash(k, n) & (cap - 1);
     while (table[i].k != NULL) {
@@ -513,17 +560,20 @@ static int table_insert(Key *table, size_t cap, const uint8_t *k, size_t n) {
     }
     table[i].k = k;
     table[i].n = n;
+    table[i].fp = 0;
     return 0;
 }
 
 /* 0: new name; 1: seen before; ST_NOMEM as -1. */
 static int keyset_add(KeySet *ks, const uint8_t *k, size_t n) {
     if (ks->table == NULL) {
+        uint64_t fp = key_fp(k, n);
         for (size_t i = 0; i < ks->count; i++)
-            if (ks->small[i].n == n && memcmp(ks->small[i].k, k, n) == 0) return 1;
+            if (ks->small[i].fp == fp && memcmp(ks->small[i].k, k, n) == 0) return 1;
         if (ks->count < SMALL_KEYS) {
             ks->small[ks->count].k = k;
             ks->small[ks->count].n = n;
+            ks->small[ks->count].fp = fp;
             ks->count++;
             return 0;
         }
@@ -558,6 +608,7 @@ typedef struct {
 
 /* Whether name[0:n] is the decimal text of index. */
 static inline int is_index_name(const uint8_t *name, size_t n, size_t index) {
+    if (index < 10) return n == 1 && name[0] == '0' + index;
     char tmp[24];
     int i = 24;
     do {
@@ -578,9 +629,12 @@ static int write_elements(Out *o, const uint8_t *base, const uint8_t *p, size_t 
         uint8_t type = p[pos];
         size_t elem = pos;
         const uint8_t *name = p + pos + 1;
-        const uint8_t *nul = memchr(name, 0, end - (pos + 1));
-        if (nul == NULL) return ST_MALFORMED;
-        size_t nname = (size_t)(nul - name);
+        /* Field names are short: find the end by hand, noting whether every byte is
+         * plain ASCII (then the name is copied as is, no escaping or UTF-8 check). */
+        size_t nname = 0, room = end - (pos + 1);
+        int plain = 1;
+        while (nname < room && name[nname] != 0) plain &= PLAIN[name[nname++]];
+        if (nname == room) return ST_MALFORMED;
         size_t v = pos + 2 + nname;  /* value offset in p */
         size_t left = end - v;       /* bytes the value may use */
         const uint8_t *val = p + v;
@@ -595,9 +649,16 @@ static int write_elements(Out *o, const uint8_t *base, const uint8_t *p, size_t 
             int dup = keyset_add(ks, name, nname);
             if (dup < 0) return ST_NOMEM;
             if (dup) return ST_UNHANDLED;
-            rc = write_string(o, name, nname);
-            if (rc != ST_OK) return rc;
-            RESERVE(o, 1);
+            if (plain) {
+                RESERVE(o, nname + 3);
+                o->buf[o->len++] = '"';
+                put(o, (const char *)name, nname);
+                o->buf[o->len++] = '"';
+            } else {
+                rc = write_string(o, name, nname);
+                if (rc != ST_OK) return rc;
+                RESERVE(o, 1);
+            }
             o->buf[o->len++] = ':';
         }
         size_t vsize;
@@ -750,6 +811,63 @@ static int write_doc(Out *o, const uint8_t *base, const uint8_t *p, size_t avail
 
 /* --- module -------------------------------------------------------------------- */
 
+/* The document-mode key columns that need no decoding: (_key, _id text) of an
+ * ObjectId _id, else (None, None); and _id_bson, the element as {"_id": value}. */
+static PyObject *key_columns(const uint8_t *raw, IdSpan id, PyObject *text) {
+    size_t elen = (size_t)(id.end - id.start);
+    const uint8_t *elem = raw + id.start;
+    PyObject *id_bson = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)elen + 5);
+    if (id_bson == NULL) {
+        Py_DECREF(text);
+        return NULL;
+    }
+    uint8_t *b = (uint8_t *)PyBytes_AS_STRING(id_bson);
+    uint32_t total = (uint32_t)elen + 5;
+    b[0] = (uint8_t)total;
+    b[1] = (uint8_t)(total >> 8);
+    b[2] = (uint8_t)(total >> 16);
+    b[3] = (uint8_t)(total >> 24);
+    memcpy(b + 4, elem, elen);
+    b[4 + elen] = 0;
+    PyObject *key, *id_text;
+    if (elem[0] == 0x07) { /* ObjectId: its 12 bytes end the element */
+        const uint8_t *oid = elem + elen - 12;
+        key = PyBytes_FromStringAndSize(NULL, 13);
+        id_text = PyUnicode_New(24, 127);
+        if (key == NULL || id_text == NULL) {
+            Py_XDECREF(key);
+            Py_XDECREF(id_text);
+            Py_DECREF(id_bson);
+            Py_DECREF(text);
+            return NULL;
+        }
+        char *k = PyBytes_AS_STRING(key);
+        k[0] = 0x23; /* keys.py T_OBJECTID */
+        memcpy(k + 1, oid, 12);
+        Py_UCS1 *h = PyUnicode_1BYTE_DATA(id_text);
+        for (int i = 0; i < 12; i++) {
+            h[2 * i] = (Py_UCS1)HEXDIGITS[oid[i] >> 4];
+            h[2 * i + 1] = (Py_UCS1)HEXDIGITS[oid[i] & 15];
+        }
+    } else {
+        key = Py_NewRef(Py_None);
+        id_text = Py_NewRef(Py_None);
+    }
+    PyObject *row = PyTuple_New(4);
+    if (row == NULL) {
+        Py_DECREF(key);
+        Py_DECREF(id_text);
+        Py_DECREF(id_bson);
+        Py_DECREF(text);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(row, 0, key);
+    PyTuple_SET_ITEM(row, 1, id_text);
+    PyTuple_SET_ITEM(row, 2, id_bson);
+    PyTuple_SET_ITEM(row, 3, text);
+    return row;
+}
+
 static PyObject *relaxed(PyObject *self, PyObject *arg) {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
@@ -765,7 +883,6 @@ static PyObject *relaxed(PyObject *self, PyObject *arg) {
     } else {
         rc = write_doc(o, raw, raw, n, 0, 0, &id);
     }
-    PyBuffer_Release(&view);
     PyObject *result = NULL;
     if (rc == ST_OK && id.start < 0) rc = ST_UNHANDLED; /* no _id: Python path raises */
     if (rc == ST_OK) {
@@ -776,9 +893,7 @@ static PyObject *relaxed(PyObject *self, PyObject *arg) {
         } else {
             text = PyUnicode_DecodeUTF8(o->buf, (Py_ssize_t)o->len, "strict");
         }
-        if (text != NULL) {
-            result = Py_BuildValue("(Nnn)", text, id.start, id.end);
-        }
+        if (text != NULL) result = key_columns(raw, id, text);
     } else if (rc == ST_UNHANDLED) {
         result = Py_NewRef(Py_None);
     } else if (rc == ST_MALFORMED) {
@@ -786,6 +901,7 @@ static PyObject *relaxed(PyObject *self, PyObject *arg) {
     } else {
         PyErr_NoMemory();
     }
+    PyBuffer_Release(&view);
     if (o->cap > (1u << 22)) { /* do not keep a huge buffer after a huge document */
         PyMem_Free(o->buf);
         o->buf = NULL;
@@ -796,9 +912,10 @@ static PyObject *relaxed(PyObject *self, PyObject *arg) {
 
 static PyMethodDef methods[] = {
     {"relaxed", relaxed, METH_O,
-     "relaxed(raw) -> (text, id_start, id_end) | None\n\n"
-     "Relaxed Extended JSON of a raw BSON document, or None for what only the Python\n"
-     "path writes. Raises ValueError for malformed BSON."},
+     "relaxed(raw) -> (key, id_text, id_bson, text) | None\n\n"
+     "Document-mode row of a raw BSON document with its relaxed Extended JSON (key and\n"
+     "id_text None unless _id is an ObjectId), or None for what only the Python path\n"
+     "writes. Raises ValueError for malformed BSON."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -10,15 +10,15 @@ Every root table (document and column mode) starts with the same three key colum
   source document: the exact original type, for the reverse mapping and dead letters.
 
 Document mode adds one ``jsonb`` column (``doc``) with the whole document, ``_id``
-included, as Extended JSON (relaxed by default). The hot path writes relaxed text straight
-from the raw BSON with the C extension and cuts the key columns out of the raw ``_id``
-element; otherwise it decodes the raw BSON once and encodes it with msgspec (see
-:mod:`cdc.mapping.ejson`).
+included, as Extended JSON (relaxed by default). In relaxed mode the hot path takes the
+whole row from the C extension (:func:`cdc.mapping.ejson.fast_relaxed`), which writes the
+text straight from the raw BSON and cuts ``_id_bson`` (and, for an ObjectId, ``_key``
+and ``_id``) out of the raw ``_id`` element. Otherwise the raw BSON is decoded once and
+encoded with msgspec (see :mod:`cdc.mapping.ejson`).
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import bson
@@ -72,18 +72,6 @@ def key_parts(doc: dict[str, Any], raw: bytes) -> tuple[bytes, str, bytes]:
     return encode_key_value(value), render_id(value), id_bson_from_raw(raw)
 
 
-def key_parts_of_element(raw: bytes, start: int, end: int) -> tuple[bytes, str, bytes]:
-    """``(_key, _id, _id_bson)`` from the raw ``_id`` element ``raw[start:end]`` (type
-    byte, name, value) of a document whose ``_id`` occurs once."""
-    element = raw[start:end]
-    if element[0] == 0x07:  # ObjectId: its 12 bytes end the element
-        binary = element[-12:]
-        return b"\x23" + binary, binary.hex(), b"\x16\x00\x00\x00" + element + b"\x00"
-    id_bson = struct.pack("<i", len(element) + 5) + element + b"\x00"
-    value = decode_id(id_bson)
-    return encode_key_value(value), render_id(value), id_bson
-
-
 def decode_id(id_bson: bytes) -> Any:
     """The ``_id`` value of a BSON ``{"_id": value}`` document."""
     try:
@@ -117,10 +105,12 @@ class DocumentMapper:
 
     def map_document(self, raw: bytes) -> MappedDocument:
         if not self._canonical:
-            fast = fast_relaxed(raw)
-            if fast is not None:
-                text, start, end = fast
-                key, id_text, id_bson = key_parts_of_element(raw, start, end)
+            row = fast_relaxed(raw)
+            if row is not None:
+                key, id_text, id_bson, text = row
+                if key is None or id_text is None:  # not an ObjectId: decode _id alone
+                    value = decode_id(id_bson)
+                    key, id_text = encode_key_value(value), render_id(value)
                 return MappedDocument(key, {self._table: [(key, id_text, id_bson, text)]})
         doc = decode(raw)
         key, id_text, id_bson = key_parts(doc, raw)

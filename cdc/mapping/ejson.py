@@ -137,19 +137,28 @@ def _enc_hook(value: Any) -> Any:
 
 _ENCODER = msgspec.json.Encoder(enc_hook=_enc_hook)
 
-_relaxed_c: Callable[[bytes], tuple[str, int, int] | None] | None
+FastRow = tuple[bytes | None, str | None, bytes, str]
+"""``(_key, _id text, _id_bson, relaxed JSON)``; the first two None unless ``_id`` is an
+ObjectId (see :func:`fast_relaxed`)."""
+
+_relaxed_c: Callable[[bytes], FastRow | None] | None
 try:
     from cdc.mapping._fastejson import relaxed as _relaxed_c
 except ImportError:  # extension not built (e.g. a plain source checkout): Python path
     _relaxed_c = None
 
 
-def fast_relaxed(raw: bytes) -> tuple[str, int, int] | None:
-    """Relaxed Extended JSON of a whole raw document written by the C extension, with
-    the span ``raw[start:end]`` of its top-level ``_id`` element; None when the Python
-    path must write it: a rare type or case the extension leaves alone, or malformed
-    BSON, whose verdict (:class:`MappingError`) :func:`decode` then gives exactly."""
+def fast_relaxed(raw: bytes) -> FastRow | None:
+    """The document-mode row of a whole raw document, its relaxed Extended JSON written
+    by the C extension and ``_id_bson`` cut out of ``raw`` (``_key`` and ``_id`` text too
+    for an ObjectId ``_id``); None when the Python path must write it: a rare type or
+    case the extension leaves alone, or malformed BSON, whose verdict
+    (:class:`MappingError`) :func:`decode` then gives exactly as before."""
     if _relaxed_c is None:
+        return None
+    try:
+        return _relaxed_c(raw)
+    except ValueError:
         return None
     try:
         return _relaxed_c(raw)
