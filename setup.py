@@ -8,7 +8,7 @@ setup(
         Extension(
             "cdc.mapping._fastejson",
             ["cdc/mapping/_fastejson.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
         )
     ]
 )

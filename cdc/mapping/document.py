@@ -107,11 +107,12 @@ class DocumentMapper:
         if not self._canonical:
             row = fast_relaxed(raw)
             if row is not None:
-                key, id_text, id_bson, text = row
-                if key is None or id_text is None:  # not an ObjectId: decode _id alone
-                    value = decode_id(id_bson)
-                    key, id_text = encode_key_value(value), render_id(value)
-                return MappedDocument(key, {self._table: [(key, id_text, id_bson, text)]})
+                key = row[0]
+                if key is not None:  # an ObjectId _id: the row is complete
+                    return MappedDocument(key, {self._table: [row]})
+                value = decode_id(row[2])  # decode the _id alone
+                key = encode_key_value(value)
+                return MappedDocument(key, {self._table: [(key, render_id(value), *row[2:])]})
         doc = decode(raw)
         key, id_text, id_bson = key_parts(doc, raw)
         data = canonical_json(doc) if self._canonical else relaxed_json(doc, raw)
