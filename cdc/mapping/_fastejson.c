@@ -137,13 +137,44 @@ static inline size_t utf8_seq(const uint8_t *s, size_t n) {
 
 /* Whether any of the 8 bytes in v is >= 0x80, < 0x20, '"' or '\\' (may say yes for a
  * plain byte that follows such a byte; never says no wrongly). */
-static inline int needs_care(uint64_t v) {
+static inline uint64_t care_mask(uint64_t v) {
     const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
     uint64_t quote = v ^ (ones * '"'), backslash = v ^ (ones * '\\');
     uint64_t control = (v - ones * 0x20) & ~v & high; /* some byte < 0x20 */
     uint64_t quotes = (quote - ones) & ~quote & high;  /* some byte == '"' */
     uint64_t backslashes = (backslash - ones) & ~backslash & high;
-    return (control | quotes | backslashes | (v & high)) != 0;
+    /* A borrow only flags bytes above a truly flagged one: the lowest bit is exact. */
+    return control | quotes | backslashes | (v & high);
+}
+
+static inline int needs_care(uint64_t v) { return care_mask(v) != 0; }
+
+/* Length of the field name at name (its NUL within room bytes; room if none), and
+ * whether all its bytes are plain ASCII. Eight bytes at a time on little-endian
+ * machines: the first flagged byte of a word is the NUL or a byte that needs care. */
+static inline size_t name_length(const uint8_t *name, size_t room, int *plain) {
+    size_t i = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    while (i + 8 <= room) {
+        uint64_t v;
+        memcpy(&v, name + i, 8);
+        uint64_t care = care_mask(v);
+        if (care == 0) {
+            i += 8;
+            continue;
+        }
+        size_t first = i + ((size_t)__builtin_ctzll(care) >> 3);
+        if (name[first] == 0) {
+            *plain = 1;
+            return first;
+        }
+        break;
+    }
+#endif
+    int all = 1;
+    while (i < room && name[i] != 0) all &= PLAIN[name[i++]];
+    *plain = all;
+    return i;
 }
 
 /* Write s[0:n] as a JSON string (quotes included); UTF-8 is validated. */
@@ -631,9 +662,9 @@ static int write_elements(Out *o, const uint8_t *base, const uint8_t *p, size_t 
         const uint8_t *name = p + pos + 1;
         /* Field names are short: find the end by hand, noting whether every byte is
          * plain ASCII (then the name is copied as is, no escaping or UTF-8 check). */
-        size_t nname = 0, room = end - (pos + 1);
-        int plain = 1;
-        while (nname < room && name[nname] != 0) plain &= PLAIN[name[nname++]];
+        size_t room = end - (pos + 1);
+        int plain;
+        size_t nname = name_length(name, room, &plain);
         if (nname == room) return ST_MALFORMED;
         size_t v = pos + 2 + nname;  /* value offset in p */
         size_t left = end - v;       /* bytes the value may use */

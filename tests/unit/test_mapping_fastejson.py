@@ -311,3 +311,14 @@ def test_python_path_scan_is_not_fooled_by_the_documents_length_byte(
         assert expected is MappingError
     else:
         assert not isinstance(expected, type) and '"$numberDouble"' in expected[0]
+
+
+@pytest.mark.parametrize("special", ["", '"', "\\", "\x01", "\x1f", "\x7f", "é", "\U0001f600"])
+def test_names_and_strings_of_every_length_with_a_special_character_anywhere(
+        special: str) -> None:
+    # Names and strings are scanned eight bytes at a time: cover every position.
+    for length in range(0, 20):
+        for at in range(length + 1):
+            text = "n" * at + special + "m" * (length - at)
+            doc = {"_id": 1, text: text, "x": {text + "y": [text]}}
+            assert _check_equal_to_python(bson.encode(doc)) == "handled"
