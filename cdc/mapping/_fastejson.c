@@ -772,7 +772,7 @@ static int write_elements(Out *o, const uint8_t *base, const uint8_t *p, size_t 
             break;
         case 0x11: /* timestamp: increment, then seconds */
             if (left < 8) return ST_MALFORMED;
-            RESERVE(o, 32);
+            RESERVE(o, 64); /* {"$timestamp":{"t":4294967295,"i":4294967295}} is 46 */
             PUTLIT(o, "{\"$timestamp\":{\"t\":");
             write_u64(o, rd_u32(val + 4));
             PUTLIT(o, ",\"i\":");
@@ -941,7 +941,26 @@ static PyObject *relaxed(PyObject *self, PyObject *arg) {
     return result;
 }
 
+/* Test seam: give the output buffer exactly n bytes, so tests can make every write
+ * land on a buffer boundary (run under AddressSanitizer to catch an overrun). */
+static PyObject *set_buffer_capacity(PyObject *self, PyObject *arg) {
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "capacity must be >= 0");
+        return NULL;
+    }
+    char *buf = n ? PyMem_Malloc((size_t)n) : NULL;
+    if (n && buf == NULL) return PyErr_NoMemory();
+    PyMem_Free(g_out.buf);
+    g_out.buf = buf;
+    g_out.cap = (size_t)n;
+    g_out.len = 0;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"_set_buffer_capacity", set_buffer_capacity, METH_O,
+     "_set_buffer_capacity(n) -> None (tests only): output buffer of exactly n bytes."},
     {"relaxed", relaxed, METH_O,
      "relaxed(raw) -> (key, id_text, id_bson, text) | None\n\n"
      "Document-mode row of a raw BSON document with its relaxed Extended JSON (key and\n"

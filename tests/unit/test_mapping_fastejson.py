@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdc.errors import MappingError
-from cdc.mapping._fastejson import relaxed
+from cdc.mapping._fastejson import _set_buffer_capacity, relaxed
 from cdc.mapping.document import DocumentMapper, key_parts
 from cdc.mapping.ejson import decode, relaxed_json
 from cdc.mapping.keys import id_bson_from_raw
@@ -322,3 +322,26 @@ def test_names_and_strings_of_every_length_with_a_special_character_anywhere(
             text = "n" * at + special + "m" * (length - at)
             doc = {"_id": 1, text: text, "x": {text + "y": [text]}}
             assert _check_equal_to_python(bson.encode(doc)) == "handled"
+
+
+
+@pytest.mark.parametrize("value", [
+    Timestamp(2**32 - 1, 2**32 - 1), -1.7976931348623157e308, -2.2250738585072014e-308,
+    -1.2345678901234567e-5, 1234567890123456.0, Int64(-(2**63)), DatetimeMS(-(2**63)),
+    DatetimeMS(253_402_300_799_999), MinKey(), MaxKey(), False, None, "\x01" * 5,
+    Binary(b"\xff" * 7, 0x80), ObjectId(b"\xff" * 12), Regex("\x01\"", "imsux"),
+    {"é\x01": [{}]},
+])
+def test_every_write_is_whole_wherever_the_output_buffer_ends(value: Any) -> None:
+    # Each capacity puts a buffer boundary at a different write (under AddressSanitizer
+    # an overrun past the reservation aborts; here a cut value would not compare equal).
+    raw = bson.encode({"_id": 1, "v": value, "w": [value, {"k\x02": value}]})
+    expected = _python(raw)
+    assert not isinstance(expected, type)
+    try:
+        for capacity in range(0, len(expected[0]) + 2):
+            _set_buffer_capacity(capacity)
+            result = relaxed(raw)
+            assert result is not None and result[3] == expected[0]
+    finally:
+        _set_buffer_capacity(0)
