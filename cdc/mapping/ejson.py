@@ -160,10 +160,8 @@ def fast_relaxed(raw: bytes) -> FastRow | None:
         return _relaxed_c(raw)
     except ValueError:
         return None
-    try:
-        return _relaxed_c(raw)
-    except ValueError:
-        return None
+
+
 _EXPONENT = re.compile(rb"e[1-9]")  # one pass; sre finds the literal 'e' fast
 _NUMBER_CHARS = b"0123456789.-"
 _VALUE_OPENERS = b":,["
