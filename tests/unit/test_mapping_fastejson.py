@@ -345,3 +345,12 @@ def test_every_write_is_whole_wherever_the_output_buffer_ends(value: Any) -> Non
             assert result is not None and result[3] == expected[0]
     finally:
         _set_buffer_capacity(0)
+
+
+def test_document_mode_is_wired_to_the_c_extension() -> None:
+    from cdc.mapping import ejson
+
+    assert ejson._relaxed_c is relaxed
+    raw = bson.encode({"_id": ObjectId(), "a": 1})
+    assert ejson.fast_relaxed(raw) == relaxed(raw)
+    assert ejson.fast_relaxed(b"\x05\x00\x00\x00\x01") is None  # malformed: Python decides
