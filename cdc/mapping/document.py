@@ -10,8 +10,11 @@ Every root table (document and column mode) starts with the same three key colum
   source document: the exact original type, for the reverse mapping and dead letters.
 
 Document mode adds one ``jsonb`` column (``doc``) with the whole document, ``_id``
-included, as Extended JSON (relaxed by default). The hot path decodes the raw BSON once
-and encodes it with msgspec (see :mod:`cdc.mapping.ejson`).
+included, as Extended JSON (relaxed by default). In relaxed mode the hot path takes the
+whole row from the C extension (:func:`cdc.mapping.ejson.fast_relaxed`), which writes the
+text straight from the raw BSON and cuts ``_id_bson`` (and, for an ObjectId, ``_key``
+and ``_id``) out of the raw ``_id`` element. Otherwise the raw BSON is decoded once and
+encoded with msgspec (see :mod:`cdc.mapping.ejson`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ from bson.int64 import Int64
 from bson.objectid import ObjectId
 
 from cdc.errors import MappingError
-from cdc.mapping.ejson import DECODE_OPTIONS, canonical_json, decode, relaxed_json, to_ejson
+from cdc.mapping.ejson import (
+    DECODE_OPTIONS,
+    canonical_json,
+    decode,
+    fast_relaxed,
+    relaxed_json,
+    to_ejson,
+)
 from cdc.mapping.keys import encode_key_value, id_bson_from_raw
 from cdc.mapping.model import Column, MappedDocument, TableShape
 
@@ -94,6 +104,15 @@ class DocumentMapper:
         return encode_key_value(decode_id(id_bson))
 
     def map_document(self, raw: bytes) -> MappedDocument:
+        if not self._canonical:
+            row = fast_relaxed(raw)
+            if row is not None:
+                key = row[0]
+                if key is not None:  # an ObjectId _id: the row is complete
+                    return MappedDocument(key, {self._table: [row]})
+                value = decode_id(row[2])  # decode the _id alone
+                key = encode_key_value(value)
+                return MappedDocument(key, {self._table: [(key, render_id(value), *row[2:])]})
         doc = decode(raw)
         key, id_text, id_bson = key_parts(doc, raw)
         data = canonical_json(doc) if self._canonical else relaxed_json(doc, raw)

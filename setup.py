@@ -1,0 +1,14 @@
+"""Build of the C extension ``cdc.mapping._fastejson`` (everything else is in
+pyproject.toml). ``pip install -e .`` builds it in place next to its sources."""
+
+from setuptools import Extension, setup  # type: ignore[import-untyped]
+
+setup(
+    ext_modules=[
+        Extension(
+            "cdc.mapping._fastejson",
+            ["cdc/mapping/_fastejson.c"],
+            extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
+        )
+    ]
+)
