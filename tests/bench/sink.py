@@ -383,8 +383,8 @@ def main() -> None:
                   f"{m.rows / max(m.cpu - m.map_cpu, 1e-9):>11,.0f}")
     print("\nratio: ceiling time / sink time for the same rows. rows/CPU-s: rows per"
           " CPU-second of this\nprocess while applying (target >= 100,000 in document"
-          " mode); 'excl. map': the same without\nthe CPU spent inside"
-          " Mapper.map_document during that run.")
+          " mode); 'excl. map': the same without\nthe CPU that mapping the same"
+          " documents takes (timed in one loop right after, same process).")
 
 
 if __name__ == "__main__":
