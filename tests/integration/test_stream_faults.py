@@ -9,13 +9,15 @@ from typing import Any
 
 import anyio
 import bson
+import psycopg
 import pytest
+from psycopg import sql
 from pymongo import AsyncMongoClient
 
 from cdc import metrics
 from cdc.batch import Batch, Checkpoint
-from cdc.errors import HistoryLostError
-from cdc.retry import RetryPolicy
+from cdc.errors import HistoryLostError, TargetUnavailable, is_retriable
+from cdc.retry import RetryPolicy, call_with_retry
 from cdc.state import StreamState
 from cdc.stream import StreamConfig, Tailer
 from cdc.types import Phase
@@ -231,5 +233,54 @@ def test_a_checkpoint_token_the_server_does_not_know_raises_history_lost(
                 await tailer.run()
             assert await checkpoint_time(pg_dsn) == 1
         await client.close()
+
+    anyio.run(main)
+
+
+def test_too_many_connections_while_reconnecting_is_retried_not_fatal(
+        mongo_uri: str, pg_dsn: str) -> None:
+    """SQLSTATE 53300 when the pool reconnects is transient: the step fails with a
+    retriable error, and once connection slots are free again the stream catches up."""
+    db = unique_db()
+    role = f"r{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as su:
+        dbname = su.info.dbname
+        su.execute(sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT 2").format(
+            sql.Identifier(role)))
+        su.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(
+            sql.Identifier(dbname), sql.Identifier(role)))
+        su.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(role)))
+    role_dsn = psycopg.conninfo.make_conninfo(pg_dsn, user=role, password="")
+
+    async def main() -> None:
+        client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+        coll = client[db]["c"]
+        try:
+            async with open_sink(role_dsn) as sink:
+                tailer = Tailer(client=client, sink=sink, include=[f"{db}.c"], config=CONFIG)
+                await tailer.run_once()
+                await coll.insert_one({"_id": 1})
+                await catch_up(tailer, client, step=True)
+                with psycopg.connect(pg_dsn, autocommit=True) as su:
+                    su.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                               " WHERE usename = %s", (role,))
+                blockers = [psycopg.connect(role_dsn) for _ in range(2)]
+                try:
+                    await coll.insert_one({"_id": 2})
+                    with pytest.raises(TargetUnavailable) as failed:
+                        with anyio.fail_after(30):
+                            while True:
+                                await tailer.run_once()
+                    assert is_retriable(failed.value)
+                finally:
+                    for blocker in blockers:
+                        blocker.close()
+                await tailer.close()
+                await call_with_retry(CONFIG.retry, functools.partial(
+                    catch_up, tailer, client, step=True))
+                await tailer.close()
+            assert await differences(client, pg_dsn, [f"{db}.c"]) == []
+        finally:
+            await client.close()
 
     anyio.run(main)
