@@ -393,25 +393,29 @@ class Tailer:
             policy = self._policy(Namespace(event.db, "*"))
             metrics.DDL_EVENTS.labels(f"{event.db}.*", "dropDatabase").inc()
             if policy == "mark":
-                self._marked_dbs.add(event.db)
+                # Persisted before it takes effect in memory: if the put fails, the step is
+                # retried from the checkpoint (still before this event) and puts again.
                 await self._state.put(self._ddl_key(f"{event.db}.*"), {
                     "op": "dropDatabase", "marked_db": event.db, "cluster_time": when})
+                self._marked_dbs.add(event.db)
             what = event.db
         else:
             target = self._resolve(event.ns)
             what = str(event.ns)
             policy = self._policy(target or event.ns)
             metrics.DDL_EVENTS.labels(str(target or event.ns), type(event).__name__.lower()).inc()
+            # Each decision is persisted first and takes effect in memory only then, so
+            # a failed put (retried from the checkpoint before this event) is redone.
             if target is not None and policy == "mark":
-                self._marked.add(target)
                 await self._state.put(self._ddl_key(str(target)), {
                     "op": type(event).__name__.lower(), "marked": str(target),
                     "cluster_time": when})
+                self._marked.add(target)
             elif target is not None and policy == "follow" and isinstance(event, Rename):
-                self._aliases[event.to] = target
                 await self._state.put(self._ddl_key(str(event.to)), {
                     "op": "rename", "alias_from": str(event.to), "alias_to": str(target),
                     "cluster_time": when})
+                self._aliases[event.to] = target
                 reopen = True
         log.warning("DDL on a watched namespace", extra={"fields": {
             "namespace": what, "operation": type(event).__name__, "policy": policy}})
