@@ -23,6 +23,8 @@ PostgreSQL through the sink, exactly once in effect:
    transient error the cursor is dropped and the next attempt reopens *from the last
    committed checkpoint*, after a jittered backoff; replays are harmless (§3.1).
    Codes 286/280/260 raise :class:`~cdc.errors.HistoryLostError` — never skipped.
+   :meth:`Tailer.run` refreshes the lag gauge from the server's operation time in a
+   task of its own, so lag keeps growing while steps fail and are retried.
 
 DDL (:class:`StreamConfig.ddl`, per namespace pattern, default ``mark``; no policy ever
 deletes target data): ``ignore`` logs it; ``mark`` records it in ``stream_state``
@@ -141,11 +143,31 @@ class Tailer:
         start = await call_with_retry(self._config.retry, self._prepare, self._on_retry)
         task_status.started(start)
         try:
-            while True:
-                await call_with_retry(self._config.retry, self._step, self._on_retry)
+            async with anyio.create_task_group() as tg:
+                # Lag comes from the server's clock, not from progress: it keeps being
+                # refreshed while steps fail and are retried (DESIGN §3.5).
+                tg.start_soon(self._keep_lag_fresh)
+                while True:
+                    await call_with_retry(self._config.retry, self._step, self._on_retry)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self._drop_cursor()
+
+    async def _keep_lag_fresh(self) -> None:
+        interval = max(0.001, self._config.lag_interval_ms / 1000)
+        while True:
+            await anyio.sleep(interval)
+            if time.monotonic() - self._lag_at < interval:
+                continue  # a step refreshed it just now
+            self._lag_at = time.monotonic()
+            try:
+                with anyio.move_on_after(max(1.0, interval)):
+                    await self.lag_seconds()
+            except Exception as exc:  # the source may be down: the gauge keeps its value
+                log.debug("lag not refreshed", extra={"fields": {
+                    "stream": self.stream_name, "error": type(exc).__name__}})
 
     async def run_once(self) -> int:
         """One read+apply step (the seam tests drive); returns the events read.

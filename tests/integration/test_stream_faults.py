@@ -284,3 +284,58 @@ def test_too_many_connections_while_reconnecting_is_retried_not_fatal(
             await client.close()
 
     anyio.run(main)
+
+
+class _ApplyFails:
+    """The real sink; while ``down`` its applies fail as with PostgreSQL unreachable."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.pool, self.control_schema, self.down = inner, inner._pool, CONTROL, False
+
+    async def apply(self, batch: Batch) -> Any:
+        if self.down:
+            raise TargetUnavailable("injected: PostgreSQL unreachable")
+        return await self.inner.apply(batch)
+
+    async def load_checkpoint(self, stream: str) -> Any:
+        return await self.inner.load_checkpoint(stream)
+
+
+def test_lag_gauge_keeps_growing_while_applies_fail_and_are_retried(
+        mongo_uri: str, pg_dsn: str) -> None:
+    db = unique_db()
+    config = StreamConfig(batch_max_ms=50, max_await_ms=50, lag_interval_ms=100,
+                          retry=RetryPolicy(initial_s=0.01, max_s=0.05))
+
+    def gauge() -> float:
+        return float(metrics.LAG.labels("lag-under-failure")._value.get())
+
+    async def main() -> None:
+        client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+        coll = client[db]["c"]
+        try:
+            async with open_sink(pg_dsn) as real:
+                sink = _ApplyFails(real)
+                tailer = Tailer(client=client, sink=sink, include=[f"{db}.c"], config=config,
+                                stream_name="lag-under-failure")
+                async with anyio.create_task_group() as tg:
+                    await tg.start(tailer.run)
+                    await coll.insert_one({"_id": 0})
+                    await catch_up(tailer, client)
+                    sink.down = True
+                    applied = tailer.last_applied
+                    with anyio.fail_after(15):
+                        i = 0
+                        while gauge() < 2:
+                            i += 1
+                            await coll.insert_one({"_id": i})
+                            await anyio.sleep(0.25)
+                    assert tailer.last_applied == applied  # nothing applied meanwhile
+                    sink.down = False
+                    await catch_up(tailer, client)
+                    tg.cancel_scope.cancel()
+            assert await differences(client, pg_dsn, [f"{db}.c"]) == []
+        finally:
+            await client.close()
+
+    anyio.run(main)
