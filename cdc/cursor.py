@@ -104,14 +104,16 @@ class ChangeStreamCursor:
     def __init__(self, client: AsyncMongoClient[Any], *, patterns: Sequence[str],
                  extra_namespaces: Sequence[Namespace] = (), full_document: str,
                  split_large_events: bool, batch_size: int,
-                 strip_bodies: bool = False) -> None:
+                 strip_bodies: bool = False, only_ddl: bool = False) -> None:
         self._client = client
         self._patterns = list(patterns)
         self._extra = list(extra_namespaces)
         self._full_document = full_document
         self.split_large_events = split_large_events
-        self._batch_size = batch_size
+        self.batch_size = batch_size
+        """Events asked for per reply; may change between ``getMore`` calls."""
         self._strip = strip_bodies
+        self._only_ddl = only_ddl
         self._db = single_database(self._patterns, self._extra)
         self._session: AsyncClientSession | None = None
         self._cursor_id = 0
@@ -139,6 +141,9 @@ class ChangeStreamCursor:
         stages: list[dict[str, Any]] = [
             {"$changeStream": spec}, namespace_filter(self._patterns, self._extra)
         ]
+        if self._only_ddl:
+            stages.append({"$match": {"operationType": {"$in": [
+                "drop", "rename", "dropDatabase", "invalidate"]}}})
         if self._strip:
             # Reading past an event too large to return: keep only its envelope.
             stages.append({"$project": {"fullDocument": 0, "updateDescription": 0,
@@ -151,7 +156,7 @@ class ChangeStreamCursor:
         """Run the ``aggregate``; its first batch is returned like a ``getMore``'s."""
         self._session = self._client.start_session(causal_consistency=False)
         cmd = SON([("aggregate", 1), ("pipeline", self.pipeline(start)),
-                   ("cursor", {"batchSize": self._batch_size})])
+                   ("cursor", {"batchSize": self.batch_size})])
         try:
             reply = await self._client[self.database].command(
                 cmd, session=self._session, codec_options=RAW)
@@ -168,7 +173,7 @@ class ChangeStreamCursor:
         if self._session is None:
             raise RuntimeError("cursor is not open")
         cmd = SON([("getMore", Int64(self._cursor_id)), ("collection", self._collection),
-                   ("batchSize", self._batch_size), ("maxTimeMS", max(1, max_await_ms))])
+                   ("batchSize", self.batch_size), ("maxTimeMS", max(1, max_await_ms))])
         try:
             reply = await self._client[self.database].command(
                 cmd, session=self._session, codec_options=RAW)
