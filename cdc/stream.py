@@ -15,10 +15,11 @@ PostgreSQL through the sink, exactly once in effect:
    an empty reply still advances the checkpoint to its ``postBatchResumeToken``.
 3. **Apply.** :func:`~cdc.batcher.to_changes` coalesces each batch to one change per
    document (versions = the event's packed cluster time; ``updateLookup`` content is
-   labelled with its event's time; a ``null`` lookup emits nothing, a missing post-image
-   is re-fetched by ``_id`` — :mod:`cdc.refetch`) and the sink commits the rows and the
-   checkpoint in one transaction (DESIGN §3.3). The next ``getMore`` runs while a batch
-   is applied, so reading and writing overlap.
+   labelled with its event's time; a ``null`` lookup or missing post-image is re-fetched
+   by ``_id`` where the document lives now, following a rename under ``follow``, and
+   emits nothing only if the document is gone — :mod:`cdc.refetch`) and the sink commits
+   the rows and the checkpoint in one transaction (DESIGN §3.3). The next ``getMore``
+   runs while a batch is applied, so reading and writing overlap.
 4. **Faults.** One read+apply step is the unit of retry (:mod:`cdc.retry`): on a
    transient error the cursor is dropped and the next attempt reopens *from the last
    committed checkpoint*, after a jittered backoff; replays are harmless (§3.1).
@@ -32,9 +33,11 @@ deletes target data): ``ignore`` logs it; ``mark`` records it in ``stream_state`
 new name feed the old table (the stream is reopened with the new name in its filter).
 ``invalidate`` (a database-scope stream after ``dropDatabase``) reopens with
 ``startAfter``, so it never wedges. Events over 16 MiB are read as fragments
-(``$changeStreamSplitLargeEvent``); one that still cannot be read (``BSONObjectTooLarge``)
-is read again without its bodies, dead-lettered with its ``documentKey`` and re-fetched
-by ``_id`` from the source (labelled with its event's time, like ``updateLookup``).
+(``$changeStreamSplitLargeEvent``). A read that still fails (``BSONObjectTooLarge``, on
+``aggregate`` or ``getMore``) switches to one event per reply from the checkpoint; a
+failure then pins the culprit down as the very next event, which is read again without
+its bodies, dead-lettered with its ``documentKey`` in the same transaction as the
+checkpoint past it, and re-fetched by ``_id`` (labelled with its event's time).
 """
 
 from __future__ import annotations
@@ -380,7 +383,7 @@ class Tailer:
         if pending is None:
             return
         changes, counts = to_changes(await fill_post_images(
-            self._client, pending.events, self._config.full_document),
+            self._client, pending.events, self._config.full_document, self._follows),
                                      self._resolve)
         position = pending.position
         batch = Batch(changes, Checkpoint(self.stream_name, position.token,

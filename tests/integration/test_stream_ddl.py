@@ -191,3 +191,60 @@ def test_mark_decision_is_persisted_even_when_its_first_write_fails(
         await client.close()
 
     anyio.run(main)
+
+
+def test_follow_applies_an_update_whose_lookup_ran_after_the_rename(
+        mongo_uri: str, pg_dsn: str) -> None:
+    """The tailer reads an update only after its collection was renamed: the lookup
+    in the old name finds nothing, yet the update must land (fetched from the new name),
+    not be dropped as if a delete followed."""
+    db = unique_db()
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        coll = client[db]["old"]
+        async with open_sink(pg_dsn) as sink:
+            config = StreamConfig(batch_max_ms=50, max_await_ms=50, ddl_default="follow")
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.old"], config=config)
+            await tailer.run_once()
+            await coll.insert_many([{"_id": i, "v": 0} for i in range(3)])
+            await catch_up(tailer, client, step=True)
+            await coll.update_one({"_id": 0}, {"$set": {"v": 1}})
+            await coll.delete_one({"_id": 1})
+            await coll.rename("new")
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+        conn = await pg_connect(pg_dsn)
+        try:
+            query = f'SELECT _id, doc->>\'v\' AS v FROM "{db}"."old" ORDER BY _id'  # noqa: S608
+            got = await conn.fetch(query)
+        finally:
+            await conn.close()
+        assert [(r["_id"], r["v"]) for r in got] == [("0", "1"), ("2", "0")]
+        await client.close()
+
+    anyio.run(main)
+
+
+def test_mark_never_deletes_a_row_whose_update_was_looked_up_after_the_drop(
+        mongo_uri: str, pg_dsn: str) -> None:
+    """A null lookup because the collection was dropped is no delete: the row stays."""
+    db = unique_db()
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        coll = client[db]["c"]
+        async with open_sink(pg_dsn) as sink:
+            config = StreamConfig(batch_max_ms=50, max_await_ms=50, ddl_default="mark")
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.c"], config=config)
+            await tailer.run_once()
+            await coll.insert_many([{"_id": i, "v": 0} for i in range(3)])
+            await catch_up(tailer, client, step=True)
+            await coll.update_one({"_id": 0}, {"$set": {"v": 1}})
+            await coll.drop()
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+        assert await rows(pg_dsn, f'"{db}"."c"') == 3
+        await client.close()
+
+    anyio.run(main)
