@@ -36,12 +36,20 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import OperationFailure, PyMongoError
 
-from cdc.errors import HISTORY_LOST_CODES, HistoryLostError
+from cdc.errors import HISTORY_LOST_CODES, HistoryLostError, SourceUnavailable
 from cdc.events import token_cluster_time
 from cdc.types import ClusterTime, Namespace
 
 RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True)
 UNKNOWN_STAGE_CODES = frozenset({40324})  # "Unrecognized pipeline stage name"
+# The change-streams spec lists these three as never resumable *by a driver* on getMore.
+# CappedPositionLost: the oplog entries under the cursor's position were overwritten, so
+# history between the checkpoint (at or before it) and now is gone — history lost.
+POSITION_LOST_CODES = frozenset({136})
+# CursorKilled / Interrupted: someone ended this cursor (killCursors, killOp). The
+# tailer's own resume point is its committed checkpoint, which the kill does not touch,
+# so reopening from it is safe (an unknown token would still say 286): transient.
+CURSOR_ENDED_CODES = frozenset({237, 11601})
 
 
 class StartAt(msgspec.Struct, frozen=True):
@@ -92,10 +100,17 @@ def single_database(patterns: Sequence[str], extra: Sequence[Namespace] = ()) ->
 
 
 def raise_if_history_lost(exc: PyMongoError) -> None:
-    if isinstance(exc, OperationFailure) and (exc.code or 0) in HISTORY_LOST_CODES:
+    """Raise the tailer's error for a change-stream command failure the code of which
+    decides it: history lost (never retried) or a cursor someone ended (retried)."""
+    if not isinstance(exc, OperationFailure):
+        return
+    code = exc.code or 0
+    if code in HISTORY_LOST_CODES or code in POSITION_LOST_CODES:
         raise HistoryLostError(
-            f"change stream cannot resume (code {exc.code}); resync what may be missed"
+            f"change stream cannot resume (code {code}); resync what may be missed"
         ) from exc
+    if code in CURSOR_ENDED_CODES:
+        raise SourceUnavailable(f"change stream cursor was ended (code {code})") from exc
 
 
 class ChangeStreamCursor:

@@ -85,7 +85,10 @@ async def tail_through(mongo_uri: str, pg_dsn: str, namespaces: list[str], inclu
      "errorLabels": ["ResumableChangeStreamError"]},
     {"failCommands": ["getMore", "aggregate"], "errorCode": 6},
     {"failCommands": ["aggregate"], "closeConnection": True},
-], ids=["getMore-closed", "getMore-11602", "getMore-label", "aggregate-6", "aggregate-closed"])
+    {"failCommands": ["getMore"], "errorCode": 237},
+    {"failCommands": ["getMore"], "errorCode": 11601},
+], ids=["getMore-closed", "getMore-11602", "getMore-label", "aggregate-6", "aggregate-closed",
+        "getMore-237-cursor-killed", "getMore-11601-interrupted"])
 def test_stream_resumes_after_transient_source_failures(
         mongo_uri: str, pg_dsn: str, data: dict[str, Any]) -> None:
     db = unique_db()
@@ -340,5 +343,35 @@ def test_lag_gauge_keeps_growing_while_applies_fail_and_are_retried(
             assert await differences(client, pg_dsn, [f"{db}.c"]) == []
         finally:
             await client.close()
+
+    anyio.run(main)
+
+
+def test_capped_position_lost_on_getmore_raises_history_lost_and_keeps_the_checkpoint(
+        mongo_uri: str, pg_dsn: str) -> None:
+    """136 (CappedPositionLost): the oplog under the cursor was overwritten — history
+    lost, never retried into a silent jump ahead."""
+    db = unique_db()
+
+    async def main() -> None:
+        writer: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+        reader = tailer_client(mongo_uri)
+        try:
+            async with open_sink(pg_dsn) as sink:
+                tailer = Tailer(client=reader, sink=sink, include=[f"{db}.c"], config=CONFIG)
+                await tailer.run_once()
+                await writer[db]["c"].insert_one({"_id": 1})
+                await catch_up(tailer, writer, step=True)
+                before = await checkpoint_time(pg_dsn)
+                await fail_point(writer, {"times": 1}, failCommands=["getMore"],
+                                 errorCode=136)
+                await writer[db]["c"].insert_one({"_id": 2})
+                with pytest.raises(HistoryLostError):
+                    await tailer.run()
+                assert await checkpoint_time(pg_dsn) == before
+        finally:
+            await fail_point(writer, "off")
+            await writer.close()
+            await reader.close()
 
     anyio.run(main)
