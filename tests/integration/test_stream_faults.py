@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import anyio
+import asyncpg
 import bson
 import psycopg
 import pytest
@@ -18,6 +19,7 @@ from cdc import metrics
 from cdc.batch import Batch, Checkpoint
 from cdc.errors import HistoryLostError, TargetUnavailable, is_retriable
 from cdc.retry import RetryPolicy, call_with_retry
+from cdc.sink.sink import asyncpg_params
 from cdc.state import StreamState
 from cdc.stream import StreamConfig, Tailer
 from cdc.types import Phase
@@ -373,5 +375,29 @@ def test_capped_position_lost_on_getmore_raises_history_lost_and_keeps_the_check
             await fail_point(writer, "off")
             await writer.close()
             await reader.close()
+
+    anyio.run(main)
+
+
+def test_a_closed_control_pool_stops_the_tailer_instead_of_retrying_forever(
+        mongo_uri: str, pg_dsn: str) -> None:
+    """At shutdown the pool is closed: "pool is closed" is no transient failure."""
+
+    async def main() -> None:
+        client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+        try:
+            async with open_sink(pg_dsn) as sink:
+                pool = await asyncpg.create_pool(min_size=1, max_size=1,
+                                                 **asyncpg_params(pg_dsn))
+                await pool.close()
+                state = StreamState(pool, CONTROL)
+                forever = StreamConfig(batch_max_ms=50, max_await_ms=50,
+                                       retry=RetryPolicy(initial_s=0.01, max_s=0.05))
+                tailer = Tailer(client=client, sink=sink, include=[f"{unique_db()}.c"],
+                                config=forever, state=state)
+                with anyio.fail_after(10), pytest.raises(asyncpg.InterfaceError):
+                    await tailer.run()
+        finally:
+            await client.close()
 
     anyio.run(main)
