@@ -60,6 +60,7 @@ async def current_namespace(client: AsyncMongoClient[Any], ns: Namespace, token:
     """Where a document of ``ns`` as of the event ``token`` lives now: ``ns`` itself, the
     target of the renames that followed (when ``follows`` says so), or ``None`` when its
     collection was dropped or renamed away under a policy that does not follow."""
+    follow = follows(ns)  # the policy of the event's collection decides the whole chain
     ping = await client.admin.command("ping")
     until = operation_time(ping)
     with anyio.fail_after(LOCATE_TIMEOUT_S):
@@ -67,7 +68,7 @@ async def current_namespace(client: AsyncMongoClient[Any], ns: Namespace, token:
             found = await _next_ddl(client, ns, token, until)
             if found is None:
                 return ns
-            if not isinstance(found, Rename) or not follows(ns):
+            if not isinstance(found, Rename) or not follow:
                 return None
             ns, token = found.to, found.token
     return ns
