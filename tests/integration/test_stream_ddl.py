@@ -248,3 +248,34 @@ def test_mark_never_deletes_a_row_whose_update_was_looked_up_after_the_drop(
         await client.close()
 
     anyio.run(main)
+
+
+def test_follow_applies_an_update_looked_up_after_two_renames(
+        mongo_uri: str, pg_dsn: str) -> None:
+    db = unique_db()
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        coll = client[db]["old"]
+        async with open_sink(pg_dsn) as sink:
+            config = StreamConfig(batch_max_ms=50, max_await_ms=50, ddl_default="follow")
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.old"], config=config)
+            await tailer.run_once()
+            await coll.insert_many([{"_id": i, "v": 0} for i in range(2)])
+            await catch_up(tailer, client, step=True)
+            await coll.update_one({"_id": 0}, {"$set": {"v": 1}})
+            await coll.rename("mid")
+            await client[db]["mid"].rename("new")
+            await client[db]["new"].update_one({"_id": 1}, {"$set": {"v": 2}})
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+        conn = await pg_connect(pg_dsn)
+        try:
+            query = f'SELECT _id, doc->>\'v\' AS v FROM "{db}"."old" ORDER BY _id'  # noqa: S608
+            got = await conn.fetch(query)
+        finally:
+            await conn.close()
+        assert [(r["_id"], r["v"]) for r in got] == [("0", "1"), ("1", "2")]
+        await client.close()
+
+    anyio.run(main)
