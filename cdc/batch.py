@@ -63,6 +63,19 @@ class Checkpoint(msgspec.Struct, frozen=True):
     """Packed cluster time up to which every change has been applied."""
 
 
+class Letter(msgspec.Struct, frozen=True):
+    """A dead letter the producer of a batch writes in the batch's own transaction (e.g. a
+    change event too large to read), so it exists exactly when the batch committed."""
+
+    namespace: str
+    id_bson: bytes | None
+    version: int | None
+    raw: bytes | None
+    reason: str
+    resolved: bool = False
+    """Settled in the same batch (e.g. re-fetched by ``_id``): ``resolved_at`` is set."""
+
+
 class Batch(msgspec.Struct):
     """Changes applied atomically, in one PostgreSQL transaction."""
 
@@ -70,3 +83,5 @@ class Batch(msgspec.Struct):
     checkpoint: Checkpoint | None = None
     chunk_id: int | None = None
     """Backfill chunk marked done in the same transaction, if this batch completes one."""
+    letters: list[Letter] = msgspec.field(default_factory=list)
+    """Dead letters written in the same transaction as the changes and the checkpoint."""

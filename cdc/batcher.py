@@ -22,8 +22,12 @@ the checkpoint that goes with it:
 
 :func:`to_changes` turns settled data events into the sink's :class:`~cdc.batch.Change`
 list: one change per document key (the last in stream order wins, which is also the
-newest state), updates whose looked-up document is ``null`` dropped (the delete that
-follows settles them), namespaces renamed or skipped through a resolver (DDL policies).
+newest state), namespaces renamed or skipped through a resolver (DDL policies). An
+update still without a document here was looked for by :mod:`cdc.refetch` where the
+document lives *now* (following a rename under the ``follow`` policy) and is absent
+there too: it was deleted since (its delete event follows, with a newer version) or its
+collection was dropped (the DDL policy decides, and no policy deletes target rows). So
+it emits nothing — and a ``null`` lookup never loses an update silently.
 """
 
 from __future__ import annotations
@@ -189,7 +193,8 @@ def to_changes(events: Sequence[ChangeEvent], resolve: Resolver = _identity
         if isinstance(event, Delete):
             change = Change(target, id_bson, version, Op.DELETE, None, Origin.STREAM)
         elif event.full_document is None:
-            # updateLookup found nothing (deleted since): the later delete settles it.
+            # Absent even where it lives now (cdc.refetch): deleted since — the later
+            # delete settles it — or its collection dropped, which deletes no row.
             continue
         else:
             change = Change(target, id_bson, version, Op.UPSERT, event.full_document,

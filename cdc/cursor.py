@@ -36,12 +36,20 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import OperationFailure, PyMongoError
 
-from cdc.errors import HISTORY_LOST_CODES, HistoryLostError
+from cdc.errors import HISTORY_LOST_CODES, HistoryLostError, SourceUnavailable
 from cdc.events import token_cluster_time
 from cdc.types import ClusterTime, Namespace
 
 RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True)
 UNKNOWN_STAGE_CODES = frozenset({40324})  # "Unrecognized pipeline stage name"
+# The change-streams spec lists these three as never resumable *by a driver* on getMore.
+# CappedPositionLost: the oplog entries under the cursor's position were overwritten, so
+# history between the checkpoint (at or before it) and now is gone — history lost.
+POSITION_LOST_CODES = frozenset({136})
+# CursorKilled / Interrupted: someone ended this cursor (killCursors, killOp). The
+# tailer's own resume point is its committed checkpoint, which the kill does not touch,
+# so reopening from it is safe (an unknown token would still say 286): transient.
+CURSOR_ENDED_CODES = frozenset({237, 11601})
 
 
 class StartAt(msgspec.Struct, frozen=True):
@@ -92,10 +100,17 @@ def single_database(patterns: Sequence[str], extra: Sequence[Namespace] = ()) ->
 
 
 def raise_if_history_lost(exc: PyMongoError) -> None:
-    if isinstance(exc, OperationFailure) and (exc.code or 0) in HISTORY_LOST_CODES:
+    """Raise the tailer's error for a change-stream command failure the code of which
+    decides it: history lost (never retried) or a cursor someone ended (retried)."""
+    if not isinstance(exc, OperationFailure):
+        return
+    code = exc.code or 0
+    if code in HISTORY_LOST_CODES or code in POSITION_LOST_CODES:
         raise HistoryLostError(
-            f"change stream cannot resume (code {exc.code}); resync what may be missed"
+            f"change stream cannot resume (code {code}); resync what may be missed"
         ) from exc
+    if code in CURSOR_ENDED_CODES:
+        raise SourceUnavailable(f"change stream cursor was ended (code {code})") from exc
 
 
 class ChangeStreamCursor:
@@ -104,14 +119,16 @@ class ChangeStreamCursor:
     def __init__(self, client: AsyncMongoClient[Any], *, patterns: Sequence[str],
                  extra_namespaces: Sequence[Namespace] = (), full_document: str,
                  split_large_events: bool, batch_size: int,
-                 strip_bodies: bool = False) -> None:
+                 strip_bodies: bool = False, only_ddl: bool = False) -> None:
         self._client = client
         self._patterns = list(patterns)
         self._extra = list(extra_namespaces)
         self._full_document = full_document
         self.split_large_events = split_large_events
-        self._batch_size = batch_size
+        self.batch_size = batch_size
+        """Events asked for per reply; may change between ``getMore`` calls."""
         self._strip = strip_bodies
+        self._only_ddl = only_ddl
         self._db = single_database(self._patterns, self._extra)
         self._session: AsyncClientSession | None = None
         self._cursor_id = 0
@@ -139,6 +156,9 @@ class ChangeStreamCursor:
         stages: list[dict[str, Any]] = [
             {"$changeStream": spec}, namespace_filter(self._patterns, self._extra)
         ]
+        if self._only_ddl:
+            stages.append({"$match": {"operationType": {"$in": [
+                "drop", "rename", "dropDatabase", "invalidate"]}}})
         if self._strip:
             # Reading past an event too large to return: keep only its envelope.
             stages.append({"$project": {"fullDocument": 0, "updateDescription": 0,
@@ -151,7 +171,7 @@ class ChangeStreamCursor:
         """Run the ``aggregate``; its first batch is returned like a ``getMore``'s."""
         self._session = self._client.start_session(causal_consistency=False)
         cmd = SON([("aggregate", 1), ("pipeline", self.pipeline(start)),
-                   ("cursor", {"batchSize": self._batch_size})])
+                   ("cursor", {"batchSize": self.batch_size})])
         try:
             reply = await self._client[self.database].command(
                 cmd, session=self._session, codec_options=RAW)
@@ -168,7 +188,7 @@ class ChangeStreamCursor:
         if self._session is None:
             raise RuntimeError("cursor is not open")
         cmd = SON([("getMore", Int64(self._cursor_id)), ("collection", self._collection),
-                   ("batchSize", self._batch_size), ("maxTimeMS", max(1, max_await_ms))])
+                   ("batchSize", self.batch_size), ("maxTimeMS", max(1, max_await_ms))])
         try:
             reply = await self._client[self.database].command(
                 cmd, session=self._session, codec_options=RAW)

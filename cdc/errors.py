@@ -89,8 +89,17 @@ RESUMABLE_MONGO_CODES = frozenset(
 )
 # Codes after which a change stream must not be resumed from the same token.
 HISTORY_LOST_CODES = frozenset({260, 280, 286})
-# PostgreSQL SQLSTATE classes/codes that are worth a retry.
-_RETRIABLE_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03", "55P03"})
+# PostgreSQL SQLSTATE classes/codes that are worth a retry: serialization failure and
+# deadlock (40001, 40P01), shutdown/crash/cannot-connect-now (57P01-57P03), lock not
+# available (55P03), statement cancelled or timed out (57014: an operator's
+# pg_cancel_backend or a statement_timeout under contention — the step resumes from the
+# checkpoint, and a batch that can never finish stays visible in the retries metric),
+# and class 53 "insufficient resources" (53000 generic, 53100 disk full, 53200 out of
+# memory, 53300 too many connections, 53400 configuration limit exceeded): the server is
+# alive but cannot serve this request now; backing off is the right answer.
+_RETRIABLE_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03", "55P03",
+                                  "57014"})
+_RETRIABLE_SQLSTATE_CLASSES = ("08", "53")
 
 
 def is_retriable(exc: BaseException) -> bool:
@@ -120,7 +129,8 @@ def is_retriable(exc: BaseException) -> bool:
             return True
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str):
-        return sqlstate in _RETRIABLE_SQLSTATES or sqlstate.startswith("08")
+        return sqlstate in _RETRIABLE_SQLSTATES or sqlstate.startswith(
+            _RETRIABLE_SQLSTATE_CLASSES)
     if _is_cleanup_after_lost_connection(exc):
         return True
     return isinstance(exc, ConnectionError | TimeoutError | OSError)

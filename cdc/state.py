@@ -52,10 +52,13 @@ class StreamState:
         self._resolve = q("UPDATE {s}.dead_letters SET resolved_at = now() WHERE id = $1")
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        # Only what may pass is wrapped as transient. An ``InterfaceError`` is retriable
+        # only when a lost connection caused it (:func:`cdc.errors.is_retriable`); "pool
+        # is closed" at shutdown is not, so a closing daemon stops instead of retrying.
         try:
             return list(await self._pool.fetch(query, *args))
         except Exception as exc:
-            if is_retriable(exc) or isinstance(exc, asyncpg.InterfaceError):
+            if is_retriable(exc):
                 raise TargetUnavailable("control schema unreachable") from exc
             raise
 

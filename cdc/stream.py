@@ -15,14 +15,17 @@ PostgreSQL through the sink, exactly once in effect:
    an empty reply still advances the checkpoint to its ``postBatchResumeToken``.
 3. **Apply.** :func:`~cdc.batcher.to_changes` coalesces each batch to one change per
    document (versions = the event's packed cluster time; ``updateLookup`` content is
-   labelled with its event's time; a ``null`` lookup emits nothing, a missing post-image
-   is re-fetched by ``_id`` — :mod:`cdc.refetch`) and the sink commits the rows and the
-   checkpoint in one transaction (DESIGN §3.3). The next ``getMore`` runs while a batch
-   is applied, so reading and writing overlap.
+   labelled with its event's time; a ``null`` lookup or missing post-image is re-fetched
+   by ``_id`` where the document lives now, following a rename under ``follow``, and
+   emits nothing only if the document is gone — :mod:`cdc.refetch`) and the sink commits
+   the rows and the checkpoint in one transaction (DESIGN §3.3). The next ``getMore``
+   runs while a batch is applied, so reading and writing overlap.
 4. **Faults.** One read+apply step is the unit of retry (:mod:`cdc.retry`): on a
    transient error the cursor is dropped and the next attempt reopens *from the last
    committed checkpoint*, after a jittered backoff; replays are harmless (§3.1).
    Codes 286/280/260 raise :class:`~cdc.errors.HistoryLostError` — never skipped.
+   :meth:`Tailer.run` refreshes the lag gauge from the server's operation time in a
+   task of its own, so lag keeps growing while steps fail and are retried.
 
 DDL (:class:`StreamConfig.ddl`, per namespace pattern, default ``mark``; no policy ever
 deletes target data): ``ignore`` logs it; ``mark`` records it in ``stream_state``
@@ -30,9 +33,11 @@ deletes target data): ``ignore`` logs it; ``mark`` records it in ``stream_state`
 new name feed the old table (the stream is reopened with the new name in its filter).
 ``invalidate`` (a database-scope stream after ``dropDatabase``) reopens with
 ``startAfter``, so it never wedges. Events over 16 MiB are read as fragments
-(``$changeStreamSplitLargeEvent``); one that still cannot be read (``BSONObjectTooLarge``)
-is read again without its bodies, dead-lettered with its ``documentKey`` and re-fetched
-by ``_id`` from the source (labelled with its event's time, like ``updateLookup``).
+(``$changeStreamSplitLargeEvent``). A read that still fails (``BSONObjectTooLarge``, on
+``aggregate`` or ``getMore``) switches to one event per reply from the checkpoint; a
+failure then pins the culprit down as the very next event, which is read again without
+its bodies, dead-lettered with its ``documentKey`` in the same transaction as the
+checkpoint past it, and re-fetched by ``_id`` (labelled with its event's time).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
 from cdc import metrics
-from cdc.batch import Batch, Change, Checkpoint, Op, Origin
+from cdc.batch import Batch, Change, Checkpoint, Letter, Op, Origin
 from cdc.batcher import Accumulator, Position, to_changes
 from cdc.cursor import (
     UNKNOWN_STAGE_CODES,
@@ -70,7 +75,7 @@ from cdc.events import (
     decode_event,
     id_document,
 )
-from cdc.refetch import fetch_by_id, fill_post_images
+from cdc.refetch import current_document, fill_post_images
 from cdc.retry import call_with_retry
 from cdc.state import StreamState
 from cdc.stream_config import (
@@ -117,6 +122,8 @@ class Tailer:
         self._aliases: dict[Namespace, Namespace] = {}
         self._lag_at = 0.0
         self._prefetched: Reply | OperationFailure | None = None
+        self._careful = 0
+        """Events still to be read one per reply after an event too large to return."""
 
     # ------------------------------------------------------------------ public
     @property
@@ -141,11 +148,31 @@ class Tailer:
         start = await call_with_retry(self._config.retry, self._prepare, self._on_retry)
         task_status.started(start)
         try:
-            while True:
-                await call_with_retry(self._config.retry, self._step, self._on_retry)
+            async with anyio.create_task_group() as tg:
+                # Lag comes from the server's clock, not from progress: it keeps being
+                # refreshed while steps fail and are retried (DESIGN §3.5).
+                tg.start_soon(self._keep_lag_fresh)
+                while True:
+                    await call_with_retry(self._config.retry, self._step, self._on_retry)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self._drop_cursor()
+
+    async def _keep_lag_fresh(self) -> None:
+        interval = max(0.001, self._config.lag_interval_ms / 1000)
+        while True:
+            await anyio.sleep(interval)
+            if time.monotonic() - self._lag_at < interval:
+                continue  # a step refreshed it just now
+            self._lag_at = time.monotonic()
+            try:
+                with anyio.move_on_after(max(1.0, interval)):
+                    await self.lag_seconds()
+            except Exception as exc:  # the source may be down: the gauge keeps its value
+                log.debug("lag not refreshed", extra={"fields": {
+                    "stream": self.stream_name, "error": type(exc).__name__}})
 
     async def run_once(self) -> int:
         """One read+apply step (the seam tests drive); returns the events read.
@@ -154,21 +181,26 @@ class Tailer:
         applied (kept for the next step), so reading and writing overlap under load.
         """
         await self._prepare()
-        if self._cursor is None or not self._cursor.alive:
-            reply: Reply | OperationFailure = await self._open()
-        elif self._prefetched is not None:
-            reply, self._prefetched = self._prefetched, None
-        else:
-            try:
+        reply: Reply | OperationFailure
+        try:
+            if self._cursor is None or not self._cursor.alive:
+                reply = await self._open()
+            elif self._prefetched is not None:
+                reply, self._prefetched = self._prefetched, None
+            else:
                 reply = await self._cursor.next_batch(self._await_ms())
-            except OperationFailure as exc:
-                if (exc.code or 0) not in TOO_LARGE_CODES:
-                    raise
-                reply = exc
+        except OperationFailure as exc:
+            if (exc.code or 0) not in TOO_LARGE_CODES:
+                raise
+            reply = exc
         if isinstance(reply, OperationFailure):
-            await self._skip_too_large()
-            return 1
-        count = await self._consume(reply)
+            return await self._too_large()
+        requested = self._requested()
+        if self._careful:
+            self._careful = max(0, self._careful - 1) if reply.events else 0
+            if not self._careful and self._cursor is not None:
+                self._cursor.batch_size = self._requested()
+        count = await self._consume(reply, requested)
         if self._acc.due(time.monotonic()):
             if self._cursor is not None and self._cursor.alive:
                 await self._flush_and_prefetch(self._cursor)
@@ -241,19 +273,14 @@ class Tailer:
 
     async def _open(self) -> Reply:
         await self._drop_cursor()
-        if self._start_after is not None:
-            start = StartAt(start_after=self._start_after)
-        elif self._committed is not None:
-            start = StartAt(resume_after=self._committed.token)
-        else:
-            start = StartAt(at_time=self._start)
+        start = self._start_at()
         self._acc.start_at(self._committed)
         self._assembler.reset()
         while True:
             cursor = ChangeStreamCursor(
                 self._client, patterns=self._include, extra_namespaces=list(self._aliases),
                 full_document=self._config.full_document, split_large_events=self._split,
-                batch_size=self._config.batch_max_events)
+                batch_size=self._requested())
             try:
                 reply = await cursor.open(start)
             except OperationFailure as exc:
@@ -265,6 +292,17 @@ class Tailer:
             self._cursor = cursor
             self._start_after = None
             return reply
+
+    def _requested(self) -> int:
+        return 1 if self._careful else self._config.batch_max_events
+
+    def _start_at(self) -> StartAt:
+        """Where a (re)opened stream starts: the last committed position."""
+        if self._start_after is not None:
+            return StartAt(start_after=self._start_after)
+        if self._committed is not None:
+            return StartAt(resume_after=self._committed.token)
+        return StartAt(at_time=self._start)
 
     async def _drop_cursor(self) -> None:
         self._prefetched = None
@@ -298,7 +336,7 @@ class Tailer:
         return self._config.max_await_ms
 
     # ------------------------------------------------------------------ batches
-    async def _consume(self, reply: Reply) -> int:
+    async def _consume(self, reply: Reply, requested: int) -> int:
         now = time.monotonic()
         for raw in reply.events:
             whole = self._assembler.feed(raw)
@@ -324,7 +362,7 @@ class Tailer:
                     await self._drop_cursor()  # reopen with the new name in the filter
                     return len(reply.events)
         self._acc.end_of_reply(
-            count=len(reply.events), requested=self._config.batch_max_events,
+            count=len(reply.events), requested=requested,
             # A token past a partly read split event would skip its other fragments.
             post_batch_token=None if self._assembler.pending else reply.post_batch_token,
             reply_time=reply.time)
@@ -345,7 +383,7 @@ class Tailer:
         if pending is None:
             return
         changes, counts = to_changes(await fill_post_images(
-            self._client, pending.events, self._config.full_document),
+            self._client, pending.events, self._config.full_document, self._follows),
                                      self._resolve)
         position = pending.position
         batch = Batch(changes, Checkpoint(self.stream_name, position.token,
@@ -370,6 +408,11 @@ class Tailer:
                 return self._config.ddl[pattern]
         return self._config.ddl_default
 
+    def _follows(self, ns: Namespace) -> bool:
+        """Whether a rename of ``ns`` is followed (its documents keep feeding its table)."""
+        target = self._resolve(ns)
+        return target is not None and self._policy(target) == "follow"
+
     def _ddl_key(self, what: str) -> str:
         return f"ddl:{self.stream_name}:{what}"
 
@@ -393,25 +436,29 @@ class Tailer:
             policy = self._policy(Namespace(event.db, "*"))
             metrics.DDL_EVENTS.labels(f"{event.db}.*", "dropDatabase").inc()
             if policy == "mark":
-                self._marked_dbs.add(event.db)
+                # Persisted before it takes effect in memory: if the put fails, the step is
+                # retried from the checkpoint (still before this event) and puts again.
                 await self._state.put(self._ddl_key(f"{event.db}.*"), {
                     "op": "dropDatabase", "marked_db": event.db, "cluster_time": when})
+                self._marked_dbs.add(event.db)
             what = event.db
         else:
             target = self._resolve(event.ns)
             what = str(event.ns)
             policy = self._policy(target or event.ns)
             metrics.DDL_EVENTS.labels(str(target or event.ns), type(event).__name__.lower()).inc()
+            # Each decision is persisted first and takes effect in memory only then, so
+            # a failed put (retried from the checkpoint before this event) is redone.
             if target is not None and policy == "mark":
-                self._marked.add(target)
                 await self._state.put(self._ddl_key(str(target)), {
                     "op": type(event).__name__.lower(), "marked": str(target),
                     "cluster_time": when})
+                self._marked.add(target)
             elif target is not None and policy == "follow" and isinstance(event, Rename):
-                self._aliases[event.to] = target
                 await self._state.put(self._ddl_key(str(event.to)), {
                     "op": "rename", "alias_from": str(event.to), "alias_to": str(target),
                     "cluster_time": when})
+                self._aliases[event.to] = target
                 reopen = True
         log.warning("DDL on a watched namespace", extra={"fields": {
             "namespace": what, "operation": type(event).__name__, "policy": policy}})
@@ -420,57 +467,76 @@ class Tailer:
         return reopen
 
     # ------------------------------------------------------------------ large events
-    async def _skip_too_large(self) -> None:
-        """Read past one event too large to return: dead-letter it, re-fetch by ``_id``."""
+    async def _too_large(self) -> int:
+        """Handle a read that failed because an event is too large to return.
+
+        The failed reply's events are unknown, so the first failure only switches to
+        reading one event per reply from the last committed position (``_careful``).
+        A failure then means the event right after the last one read is the culprit:
+        what was read is committed, and that exact event is skipped (:meth:`_skip`)."""
+        if not self._careful:
+            self._careful = self._acc.settled + self._acc.held + self._config.batch_max_events
+            await self._drop_cursor()  # reopens from the checkpoint, one event per reply
+            return 0
         self._acc.close_group()
         await self._flush()
         await self._drop_cursor()
-        start = (StartAt(resume_after=self._committed.token) if self._committed
-                 else StartAt(at_time=self._start))
+        if await self._skip():
+            self._careful = 0
+        return 1
+
+    async def _skip(self) -> bool:
+        """Dead-letter the next event after the checkpoint (read without its bodies) and
+        re-fetch its document by ``_id``, in one transaction with the checkpoint past it.
+        False when no event could be read yet (the next step tries again)."""
         side = ChangeStreamCursor(
             self._client, patterns=self._include, extra_namespaces=list(self._aliases),
             full_document=self._config.full_document, split_large_events=False,
             batch_size=1, strip_bodies=True)
         try:
-            reply = await side.open(start)
+            reply = await side.open(self._start_at())
             if not reply.events:
                 reply = await side.next_batch(self._config.max_await_ms)
         finally:
             await side.close()
         if not reply.events:
-            return  # nothing readable yet: the next step reopens and tries again
+            return False
+        raw = bytes(reply.events[0].raw)
         event = decode_event(reply.events[0])
         position = Position(event.token, event.cluster_time)
         checkpoint = Checkpoint(self.stream_name, position.token, position.cluster_time.packed)
         target = self._resolve(event.ns) if isinstance(event, Insert | Update | Replace | Delete
                                                        ) else None
+        batch = Batch([], checkpoint)
         if isinstance(event, Insert | Update | Replace | Delete) and target is not None:
             id_bson = id_document(event.document_key)
             version = event.cluster_time.packed
-            letter = await self._state.add_dead_letter(
-                namespace=str(target), id_bson=id_bson, version=version,
-                raw=bytes(reply.events[0].raw), reason="change event exceeds 16 MiB")
-            metrics.DEAD_LETTERS.labels(str(target)).inc()
-            log.warning("change event too large: dead-lettered, re-fetching by _id",
-                        extra={"fields": {"namespace": str(target)}})
-            changes: list[Change] = []
             if isinstance(event, Delete):
-                changes.append(Change(target, id_bson, version, Op.DELETE, None, Origin.STREAM))
+                batch.changes.append(Change(target, id_bson, version, Op.DELETE, None,
+                                            Origin.STREAM))
             else:
                 # Like updateLookup: the current document, labelled with the event's time;
-                # gone means a later delete event settles it.
-                doc = await fetch_by_id(self._client, event.ns, id_bson)
+                # gone means a later delete event (or its collection's drop) settles it.
+                doc = await current_document(self._client, event.ns, event.token, id_bson,
+                                             self._follows)
                 if doc is not None:
-                    changes.append(Change(target, id_bson, version, Op.UPSERT, doc,
-                                          Origin.STREAM))
-            await self._sink.apply(Batch(changes, checkpoint))
-            await self._state.resolve_dead_letter(letter)
-        else:
-            await self._sink.apply(Batch([], checkpoint))
+                    batch.changes.append(Change(target, id_bson, version, Op.UPSERT, doc,
+                                                Origin.STREAM))
+            batch.letters.append(Letter(
+                namespace=str(target), id_bson=id_bson, version=version, raw=raw,
+                reason="change event exceeds 16 MiB", resolved=bool(batch.changes)))
+        await self._sink.apply(batch)
+        if batch.letters:
+            metrics.DEAD_LETTERS.labels(str(target)).inc()
+            log.warning("change event too large: dead-lettered, re-fetched by _id",
+                        extra={"fields": {"namespace": str(target)}})
         self._acc.start_at(position)
         self._committed = position
+        self._start_after = None
         if position.cluster_time > self._last_applied:
             self._last_applied = position.cluster_time
+            metrics.LAST_APPLIED.labels(self.stream_name).set(self._last_applied.t)
+        return True
 
 
 __all__ = ["DdlPolicy", "SinkPort", "StreamConfig", "Tailer", "matches", "validate"]

@@ -132,6 +132,10 @@ class Sink:
         self._sql_chunk = sql.SQL(
             "UPDATE {}.chunks SET status = 'done', updated_at = now() WHERE id = $1"
         ).format(ctl).as_string(None)
+        self._sql_letter = sql.SQL(
+            "INSERT INTO {}.dead_letters (namespace, id_bson, version, raw, reason,"
+            " resolved_at) VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN now() END)"
+        ).format(ctl).as_string(None)
         self._sql_load = sql.SQL(
             "SELECT stream, resume_token, cluster_time FROM {}.checkpoints WHERE stream = $1"
         ).format(ctl).as_string(None)
@@ -219,7 +223,8 @@ class Sink:
         for ns in sorted({c.namespace for c in batch.changes}):
             await self._ensure(ns)
         plan = plan_batch(batch, self._mapper_of)
-        if not batch.changes and batch.checkpoint is None and batch.chunk_id is None:
+        if (not batch.changes and batch.checkpoint is None and batch.chunk_id is None
+                and not batch.letters):
             return plan.result
         what = _describe(batch)
         try:
@@ -352,6 +357,10 @@ class Sink:
                     records=[(d.namespace, d.id_bson, d.version, d.raw, d.reason)
                              for d in dead],
                     columns=("namespace", "id_bson", "version", "raw", "reason"))
+            if batch.letters:
+                await conn.executemany(self._sql_letter, [
+                    (x.namespace, x.id_bson, x.version, x.raw, x.reason, x.resolved)
+                    for x in batch.letters])
             if batch.checkpoint is not None:
                 cp = batch.checkpoint
                 await conn.execute(self._sql_checkpoint, cp.stream, cp.resume_token,

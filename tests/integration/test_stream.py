@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 import bson
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 
 from cdc import metrics
 from cdc.batch import Op
@@ -304,3 +304,51 @@ def test_post_image_mode_refetches_an_update_whose_image_is_missing(
         await client.close()
 
     anyio.run(main)
+
+
+class _FindRecorder(monitoring.CommandListener):
+    """Records the ``find`` commands a client sends (driver command monitoring)."""
+
+    def __init__(self) -> None:
+        self.finds: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find":
+            self.finds.append(dict(event.command))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_refetched_documents_are_read_with_majority_read_concern(
+        mongo_uri: str, pg_dsn: str) -> None:
+    """Content used for a change must not be rolled back later: re-fetches by ``_id``
+    read with ``readConcern: majority``."""
+    db = unique_db()
+    ns = f"{db}.c"
+    recorder = _FindRecorder()
+
+    async def main() -> None:
+        client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, event_listeners=[recorder])
+        coll = client[db]["c"]
+        await client[db].create_collection("c")  # no changeStreamPreAndPostImages
+        async with open_sink(pg_dsn) as sink:
+            config = StreamConfig(batch_max_ms=50, max_await_ms=50,
+                                  full_document="whenAvailable")
+            tailer = Tailer(client=client, sink=sink, include=[ns], config=config)
+            await tailer.run_once()
+            await coll.insert_many([{"_id": i, "v": 0} for i in range(3)])
+            await coll.update_many({}, {"$set": {"v": 1}})
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+        refetches.extend(recorder.finds)  # the tailer's finds (not the comparison's)
+        assert await differences(client, pg_dsn, [ns]) == []
+        await client.close()
+
+    refetches: list[dict[str, Any]] = []
+    anyio.run(main)
+    assert len(refetches) >= 3
+    assert all(f.get("readConcern", {}).get("level") == "majority" for f in refetches)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import anyio
 
 from cdc import metrics
+from cdc.errors import TargetUnavailable
+from cdc.retry import RetryPolicy
 from cdc.state import StreamState
 from cdc.stream import StreamConfig, Tailer
 from tests.integration.test_stream import catch_up
@@ -139,6 +142,140 @@ def test_drop_database_invalidates_a_database_stream_without_wedging_it(
             await catch_up(again, client, step=True)
             await again.close()
         assert await rows(pg_dsn, f'"{db}"."c"') == 5  # nothing deleted, new ones applied
+        await client.close()
+
+    anyio.run(main)
+
+
+class _FailFirstDdlPut(StreamState):
+    """The real control-schema store; its first write of a DDL decision fails the way a
+    lost PostgreSQL connection does (fault injection, the rest goes to PostgreSQL)."""
+
+    failed = False
+
+    async def put(self, key: str, value: Any) -> None:
+        if not self.failed and key.startswith("ddl:"):
+            self.failed = True
+            raise TargetUnavailable("injected: connection lost while recording DDL")
+        await super().put(key, value)
+
+
+def test_mark_decision_is_persisted_even_when_its_first_write_fails(
+        mongo_uri: str, pg_dsn: str) -> None:
+    db = unique_db()
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        coll = client[db]["c"]
+        config = StreamConfig(batch_max_ms=50, max_await_ms=50, ddl_default="mark",
+                              retry=RetryPolicy(initial_s=0.01, max_s=0.05))
+        async with open_sink(pg_dsn) as sink:
+            state = _FailFirstDdlPut(sink._pool, CONTROL)
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.c"], config=config,
+                            state=state)
+            async with anyio.create_task_group() as tg:
+                await tg.start(tailer.run)
+                await coll.insert_one({"_id": 1})
+                await coll.drop()
+                await catch_up(tailer, client)
+                tg.cancel_scope.cancel()
+            assert state.failed
+            marks = await StreamState(sink._pool, CONTROL).with_prefix("ddl:main:")
+            assert marks[f"ddl:main:{db}.c"]["op"] == "drop"
+            # A restarted tailer keeps the mark: the re-created collection is not applied.
+            await coll.insert_one({"_id": "re-created"})
+            again = Tailer(client=client, sink=sink, include=[f"{db}.c"], config=config)
+            await catch_up(again, client, step=True)
+            await again.close()
+        assert await rows(pg_dsn, f'"{db}"."c"') == 1
+        await client.close()
+
+    anyio.run(main)
+
+
+def test_follow_applies_an_update_whose_lookup_ran_after_the_rename(
+        mongo_uri: str, pg_dsn: str) -> None:
+    """The tailer reads an update only after its collection was renamed: the lookup
+    in the old name finds nothing, yet the update must land (fetched from the new name),
+    not be dropped as if a delete followed."""
+    db = unique_db()
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        coll = client[db]["old"]
+        async with open_sink(pg_dsn) as sink:
+            config = StreamConfig(batch_max_ms=50, max_await_ms=50, ddl_default="follow")
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.old"], config=config)
+            await tailer.run_once()
+            await coll.insert_many([{"_id": i, "v": 0} for i in range(3)])
+            await catch_up(tailer, client, step=True)
+            await coll.update_one({"_id": 0}, {"$set": {"v": 1}})
+            await coll.delete_one({"_id": 1})
+            await coll.rename("new")
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+        conn = await pg_connect(pg_dsn)
+        try:
+            query = f'SELECT _id, doc->>\'v\' AS v FROM "{db}"."old" ORDER BY _id'  # noqa: S608
+            got = await conn.fetch(query)
+        finally:
+            await conn.close()
+        assert [(r["_id"], r["v"]) for r in got] == [("0", "1"), ("2", "0")]
+        await client.close()
+
+    anyio.run(main)
+
+
+def test_mark_never_deletes_a_row_whose_update_was_looked_up_after_the_drop(
+        mongo_uri: str, pg_dsn: str) -> None:
+    """A null lookup because the collection was dropped is no delete: the row stays."""
+    db = unique_db()
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        coll = client[db]["c"]
+        async with open_sink(pg_dsn) as sink:
+            config = StreamConfig(batch_max_ms=50, max_await_ms=50, ddl_default="mark")
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.c"], config=config)
+            await tailer.run_once()
+            await coll.insert_many([{"_id": i, "v": 0} for i in range(3)])
+            await catch_up(tailer, client, step=True)
+            await coll.update_one({"_id": 0}, {"$set": {"v": 1}})
+            await coll.drop()
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+        assert await rows(pg_dsn, f'"{db}"."c"') == 3
+        await client.close()
+
+    anyio.run(main)
+
+
+def test_follow_applies_an_update_looked_up_after_two_renames(
+        mongo_uri: str, pg_dsn: str) -> None:
+    db = unique_db()
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        coll = client[db]["old"]
+        async with open_sink(pg_dsn) as sink:
+            config = StreamConfig(batch_max_ms=50, max_await_ms=50, ddl_default="follow")
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.old"], config=config)
+            await tailer.run_once()
+            await coll.insert_many([{"_id": i, "v": 0} for i in range(2)])
+            await catch_up(tailer, client, step=True)
+            await coll.update_one({"_id": 0}, {"$set": {"v": 1}})
+            await coll.rename("mid")
+            await client[db]["mid"].rename("new")
+            await client[db]["new"].update_one({"_id": 1}, {"$set": {"v": 2}})
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+        conn = await pg_connect(pg_dsn)
+        try:
+            query = f'SELECT _id, doc->>\'v\' AS v FROM "{db}"."old" ORDER BY _id'  # noqa: S608
+            got = await conn.fetch(query)
+        finally:
+            await conn.close()
+        assert [(r["_id"], r["v"]) for r in got] == [("0", "1"), ("1", "2")]
         await client.close()
 
     anyio.run(main)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncpg
 import pytest
 from pymongo.errors import AutoReconnect, OperationFailure
 
@@ -31,6 +32,11 @@ from cdc.errors import (
         (OperationFailure("x", code=2, details={"errorLabels": ["ResumableChangeStreamError"]}),
          True),
         (ValueError("x"), False),
+        (asyncpg.exceptions.TooManyConnectionsError("x"), True),
+        (asyncpg.exceptions.DiskFullError("x"), True),
+        (asyncpg.exceptions.OutOfMemoryError("x"), True),
+        (asyncpg.exceptions.QueryCanceledError("x"), True),
+        (asyncpg.exceptions.UniqueViolationError("x"), False),
     ],
 )
 def test_retriability_is_decided_by_type_code_and_label(exc: BaseException, expected: bool
