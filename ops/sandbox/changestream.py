@@ -14,12 +14,14 @@ on a later ``getMore`` that fell behind.
 Each batch scans entries in order, builds events (:mod:`ops.sandbox.events`), runs the
 user stages over them with mongomock's pipeline engine (an event whose ``_id`` a stage
 changed is a fatal error, as on the server), splits or rejects events over 16 MiB, and
-reports ``postBatchResumeToken``: the last returned event's token while more may be
-waiting, else a high-water token at the current cluster time — on every batch, empty
-or not. An empty ``getMore`` waits for the next oplog append for up to
-``maxTimeMS`` (the driver's ``maxAwaitTimeMS``; 1 s by default) without polling.
-``invalidate`` (collection streams after drop/rename, database streams after
-dropDatabase) is the last event of its cursor.
+reports ``postBatchResumeToken`` on every batch, empty or not: the point the scan
+reached — the last returned event's token while a batch cut by ``batchSize`` or the
+16 MiB limit leaves events or unscanned entries behind — and only once the scan
+reached the end of the oplog a high-water token at the current cluster time. An empty
+``getMore`` waits for the next oplog append for up to ``maxTimeMS`` (the driver's
+``maxAwaitTimeMS``; 1 s by default) without polling. ``invalidate`` (collection
+streams after drop/rename, database streams after dropDatabase) is the last event of
+its cursor.
 """
 
 from __future__ import annotations
@@ -161,9 +163,23 @@ class StreamCursor(Cursor):
         return out
 
     def post_batch_token(self) -> dict[str, str]:
-        if self.pending or (self.last_token is not None and self.last_token.kind == INVALIDATE):
-            assert self.last_token is not None
-            return self.last_token.doc()
+        """The point this cursor has delivered up to, as a token to resume from.
+
+        While returned events are still pending, or entries remain unscanned (the batch
+        was cut by ``batchSize`` or the 16 MiB limit), that is the last event returned
+        (or, when the scan passed entries that produced nothing since, the last entry
+        scanned): resuming from it yields exactly what this cursor would return next.
+        Only a scan that reached the end of the oplog may report a high-water mark at
+        the current cluster time.
+        """
+        last = self.last_token
+        if self.pending or (last is not None and last.kind == INVALIDATE):
+            assert last is not None
+            return last.doc()
+        if self.next_seq < self.sb.oplog.next_seq:
+            if last is not None and last.pos == self.after:
+                return last.doc()
+            return Token(self.after).doc()
         now = self.sb.operation_time()
         hw = (now.time, now.inc, HIGH_WATER)
         return Token(max(hw, self.after)).doc()
