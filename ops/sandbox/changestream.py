@@ -26,10 +26,12 @@ its cursor.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import bson
+from bson.codec_options import CodecOptions
 from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
@@ -37,6 +39,7 @@ from mongomock import aggregate as mm_aggregate
 
 from ops.sandbox import events
 from ops.sandbox.cursors import MAX_BATCH_BYTES, Cursor
+from ops.sandbox.envmatch import Predicate, compile_match
 from ops.sandbox.errors import CommandError
 from ops.sandbox.events import EVENT, HIGH_WATER, INVALIDATE, Options, Token
 from ops.sandbox.oplog import Entry, Position
@@ -46,6 +49,7 @@ from ops.sandbox.store import INTERNAL_DBS
 from ops.sandbox.wire import CODEC
 
 _process_pipeline: Any = mm_aggregate.process_pipeline
+CODEC_RAW: CodecOptions[RawBSONDocument] = CodecOptions(document_class=RawBSONDocument)
 ALLOWED_STAGES = frozenset({"$match", "$project", "$addFields", "$set", "$unset",
                             "$replaceRoot", "$replaceWith", "$redact"})
 SPLIT_STAGE = "$changeStreamSplitLargeEvent"
@@ -76,21 +80,29 @@ class StreamCursor(Cursor):
                  after: Position, skip_fragments: tuple[Position, int] | None) -> None:
         self.sb, self.ns, self.scope, self.opts = sb, ns, scope, opts
         self.stages, self.split = stages, split
+        # Leading envelope-only $match stages run on the oplog entry (ops.sandbox.envmatch)
+        self.prefilters: list[Predicate] = []
+        for stage in stages:
+            pred = compile_match(stage)
+            if pred is None:
+                break
+            self.prefilters.append(pred)
+        self.rest = stages[len(self.prefilters):]
         self.next_seq = next_seq
         self.after = after                      # position scanned up to
         self.floor = after                      # never report entries at or before it
         self.skip_fragments = skip_fragments
-        self.pending: list[tuple[Token, bytes]] = []
+        self.pending: deque[tuple[Token, bytes]] = deque()
         self.last_token: Token | None = None
         self.closing = False                    # invalidate queued: close after it
 
     # -- producing events ------------------------------------------------------------
-    def _transform(self, ev: dict[str, Any]) -> dict[str, Any] | None:
-        if not self.stages:
-            return ev
-        decoded = bson.decode(bson.encode(ev), CODEC)
+    def _transform(self, raw: bytes, stages: list[dict[str, Any]]) -> bytes | None:
+        if not stages:
+            return raw
+        decoded = bson.decode(raw, CODEC)
         try:
-            out = list(_process_pipeline([decoded], None, self.stages, None))
+            out = list(_process_pipeline([decoded], None, stages, None))
         except Exception as exc:
             raise CommandError(getattr(exc, "code", None) or 2, str(exc)) from exc
         if not out:
@@ -98,17 +110,29 @@ class StreamCursor(Cursor):
         if out[0].get("_id") != decoded["_id"]:
             raise CommandError(280, "Encountered an event whose _id field, which contains the "
                                     "resume token, was modified by the pipeline")
-        return dict(out[0])
+        return bson.encode(out[0])
 
-    def _queue(self, ev: dict[str, Any], token: Token) -> None:
-        raw = bson.encode(ev)
+    def _stages_for(self, entry: Entry) -> list[dict[str, Any]] | None:
+        """The stages still to run on ``entry``'s event; None if a prefilter drops it."""
+        if not self.prefilters:
+            return self.stages
+        dropdb = entry.op == "dropDatabase"
+        if entry.coll is None and not dropdb:
+            return self.stages          # an event with ns.coll null: the general engine
+        env = (entry.op, entry.db, None if dropdb else entry.coll)
+        for pred in self.prefilters:
+            if not pred(env):
+                return None
+        return self.rest
+
+    def _queue(self, raw: bytes, token: Token) -> None:
         if len(raw) <= events.MAX_EVENT:
             self.pending.append((token, raw))
             return
         if not self.split:
             raise CommandError(10334, f"BSONObjectTooLarge: change event of {len(raw)} bytes "
                                       "exceeds 16 MiB; add $changeStreamSplitLargeEvent")
-        fragments = events.split(ev, token.pos)
+        fragments = events.split(dict(RawBSONDocument(raw, CODEC_RAW).items()), token.pos)
         if self.skip_fragments is not None and self.skip_fragments[0] == token.pos:
             fragments = fragments[self.skip_fragments[1]:]
         self.pending.extend(fragments)
@@ -130,9 +154,11 @@ class StreamCursor(Cursor):
             return True
         if entry.op in events.EXPANDED_OPS and not self.opts.expanded:
             return True
-        ev = self._transform(events.build(entry, self.opts, self.sb.store))
-        if ev is not None:
-            self._queue(ev, Token(entry.pos))
+        stages = self._stages_for(entry)
+        if stages is not None:
+            raw = self._transform(events.build_raw(entry, self.opts, self.sb.store), stages)
+            if raw is not None:
+                self._queue(raw, Token(entry.pos))
         if self.scope.invalidated_by(entry):
             self.pending.append((Token(entry.pos, 0, INVALIDATE),
                                  bson.encode(events.invalidate(entry))))
@@ -153,7 +179,7 @@ class StreamCursor(Cursor):
             token, raw = self.pending[0]
             if out and nbytes + len(raw) > MAX_BATCH_BYTES:
                 break
-            self.pending.pop(0)
+            self.pending.popleft()
             out.append(RawBSONDocument(raw))
             nbytes += len(raw)
             self.last_token = token
