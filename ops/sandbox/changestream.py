@@ -88,6 +88,7 @@ class StreamCursor(Cursor):
                 break
             self.prefilters.append(pred)
         self.rest = stages[len(self.prefilters):]
+        self.verdicts: dict[tuple[str, str, str | None], bool] = {}
         self.next_seq = next_seq
         self.after = after                      # position scanned up to
         self.floor = after                      # never report entries at or before it
@@ -120,10 +121,10 @@ class StreamCursor(Cursor):
         if entry.coll is None and not dropdb:
             return self.stages          # an event with ns.coll null: the general engine
         env = (entry.op, entry.db, None if dropdb else entry.coll)
-        for pred in self.prefilters:
-            if not pred(env):
-                return None
-        return self.rest
+        keep = self.verdicts.get(env)
+        if keep is None:                # few distinct envelopes: decide each once
+            keep = self.verdicts[env] = all(pred(env) for pred in self.prefilters)
+        return self.rest if keep else None
 
     def _queue(self, raw: bytes, token: Token) -> None:
         if len(raw) <= events.MAX_EVENT:

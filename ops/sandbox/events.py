@@ -180,7 +180,11 @@ def build_raw(entry: Entry, opts: Options, store: Store) -> bytes:
         desc = entry.update
         if not opts.expanded and "disambiguatedPaths" in desc:
             desc = {k: v for k, v in desc.items() if k != "disambiguatedPaths"}
-        parts.append(_elements({"updateDescription": desc}))
+            parts.append(_elements({"updateDescription": desc}))
+        else:
+            if entry.desc is None:
+                entry.desc = _elements({"updateDescription": desc})
+            parts.append(entry.desc)
     if opts.before_change in ("whenAvailable", "required") and op != "insert":
         if entry.pre is None:
             if opts.before_change == "required":
