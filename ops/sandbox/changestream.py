@@ -21,7 +21,7 @@ reached the end of the oplog a high-water token at the current cluster time. An 
 ``getMore`` waits for the next oplog append for up to ``maxTimeMS`` (the driver's
 ``maxAwaitTimeMS``; 1 s by default) without polling. ``invalidate`` (collection
 streams after drop/rename, database streams after dropDatabase) is the last event of
-its cursor.
+its cursor; a stream resumed from the token of the event that caused it starts with it.
 """
 
 from __future__ import annotations
@@ -273,6 +273,20 @@ def _start(sb: Sandbox, spec: dict[str, Any]) -> tuple[int, Position,
     return seq, after, skip
 
 
+def _queue_invalidate(cursor: StreamCursor, resume: Any) -> None:
+    """Resuming right after a drop/rename/dropDatabase event: its invalidate comes next."""
+    token = Token.parse(resume)
+    if token.kind != EVENT:
+        return
+    entry = cursor.sb.oplog.get(cursor.next_seq - 1)
+    scope = cursor.scope
+    if entry is not None and entry.pos == token.pos and scope.sees(entry) \
+            and scope.invalidated_by(entry):
+        invalidate = Token(entry.pos, 0, INVALIDATE)
+        cursor.pending.append((invalidate, bson.encode(events.invalidate(entry))))
+        cursor.closing = True
+
+
 def open_stream(ctx: Ctx, pipeline: list[dict[str, Any]]) -> Reply:
     spec = dict(pipeline[0]["$changeStream"] or {})
     target = ctx.body["aggregate"]
@@ -310,5 +324,7 @@ def open_stream(ctx: Ctx, pipeline: list[dict[str, Any]]) -> Reply:
         raise CommandError(2, f"unknown fullDocumentBeforeChange mode {opts.before_change!r}")
     seq, after, skip = _start(ctx.sb, spec)
     cursor = StreamCursor(ctx.sb, ns, scope, opts, stages, split, seq, after, skip)
+    if "resumeAfter" in spec or "startAfter" in spec:
+        _queue_invalidate(cursor, spec.get("resumeAfter", spec.get("startAfter")))
     size = (ctx.body.get("cursor") or {}).get("batchSize")
     return cursor.reply(ctx, int(size) if size is not None else None, True)

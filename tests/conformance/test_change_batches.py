@@ -160,3 +160,23 @@ def test_resuming_from_every_post_batch_token_yields_exactly_the_events_after_it
         option = "resumeAfter" if n % 2 else "startAfter"
         rest = _drain(db, coll, {option: token}, len(expected) - seen)
         assert rest == expected[seen:], (option, seen)
+
+
+def test_batch_cut_between_a_drop_and_its_invalidate_resumes_with_the_invalidate(
+        db: Db) -> None:
+    db.create_collection("c")
+    start = _now(db)
+    db.c.insert_one({"_id": 1})
+    db.c.drop()
+    db.c.insert_one({"_id": 2})
+    cursor = _stream(db, "c", {"startAtOperationTime": start}, 1)
+    assert _summary(cursor["firstBatch"]) == [("insert", 1)]
+    more = _get_more(db, cursor, 1)
+    (drop,) = more["nextBatch"]
+    assert drop["operationType"] == "drop" and more["postBatchResumeToken"] == drop["_id"]
+    resumed = _stream(db, "c", {"resumeAfter": drop["_id"]}, None)
+    assert [e["operationType"] for e in resumed["firstBatch"]] == ["invalidate"]
+    assert resumed["id"] == 0
+    rest = _get_more(db, cursor, 1)
+    assert [e["_id"] for e in rest["nextBatch"]] == [resumed["firstBatch"][0]["_id"]]
+    assert rest["id"] == 0
