@@ -11,10 +11,14 @@ after it) or the current cluster time; if the capped oplog has already dropped a
 entry after the start point the stream fails with ChangeStreamHistoryLost (286), also
 on a later ``getMore`` that fell behind.
 
-Each batch scans entries in order, builds events (:mod:`ops.sandbox.events`), runs the
-user stages over them with mongomock's pipeline engine (an event whose ``_id`` a stage
-changed is a fatal error, as on the server), splits or rejects events over 16 MiB, and
-reports ``postBatchResumeToken`` on every batch, empty or not: the point the scan
+Each batch scans entries in order. Leading ``$match`` stages that look only at the
+envelope (operationType, ns; :mod:`ops.sandbox.envmatch`) are decided on the entry —
+once per distinct namespace and operation — so filtered-out entries cost nothing; a
+kept entry's event is assembled as raw BSON from parts cached on the entry
+(:func:`ops.sandbox.events.build_raw`); any remaining user stages run on the decoded
+event with mongomock's pipeline engine (an event whose ``_id`` a stage changed is a
+fatal error, as on the server). Events over 16 MiB are split or rejected. Each batch
+reports ``postBatchResumeToken``, empty or not: the point the scan
 reached — the last returned event's token while a batch cut by ``batchSize`` or the
 16 MiB limit leaves events or unscanned entries behind — and only once the scan
 reached the end of the oplog a high-water token at the current cluster time. An empty

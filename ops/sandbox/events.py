@@ -14,12 +14,17 @@ its ``operationType`` (``_id``, ``operationType``, ``clusterTime``, ``wallTime``
 ``ns``, ``documentKey``, ``fullDocument``, ``updateDescription``,
 ``fullDocumentBeforeChange``, ``lsid``/``txnNumber``, ``to``, ``operationDescription``
 …), honouring the stream's ``fullDocument`` / ``fullDocumentBeforeChange`` modes.
+:func:`build_raw` produces the same bytes as ``bson.encode(build(...))`` for document
+events without building a dict: envelope, ``ns`` + ``documentKey`` and (for streams
+without expanded events) ``updateDescription`` are encoded once per oplog entry and
+cached on it, and stored documents are spliced in as raw bytes.
 :func:`split` cuts an event over 16 MiB into ``splitEvent {fragment, of}`` pieces, as
 ``$changeStreamSplitLargeEvent`` does, each under the limit and with its own token.
 """
 
 from __future__ import annotations
 
+import datetime
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +143,28 @@ def _elements(fields: dict[str, Any]) -> bytes:
     return bson.encode(fields)[4:-1]
 
 
+_ID_TOKEN = b"\x03_id\x00" + _LENGTH.pack(49) + b"\x02_data\x00" + _LENGTH.pack(33)
+_TS = struct.Struct("<II")
+_MILLIS = struct.Struct("<q")
+_EPOCH = datetime.datetime(1970, 1, 1)
+_MS = datetime.timedelta(milliseconds=1)
+
+
+def _head(entry: Entry) -> bytes:
+    """``_id`` (the token), ``operationType``, ``clusterTime`` and ``wallTime``."""
+    t, i, index = entry.pos
+    op = entry.op.encode()
+    wall = entry.wall
+    if wall.tzinfo is not None:
+        return _elements({"_id": Token(entry.pos).doc(), "operationType": entry.op,
+                          "clusterTime": entry.ts, "wallTime": wall})
+    return b"".join((
+        _ID_TOKEN, f"82{t:08X}{i:08X}{index + 1:08X}000000".encode(), b"\x00\x00",
+        b"\x02operationType\x00", _LENGTH.pack(len(op) + 1), op, b"\x00",
+        b"\x11clusterTime\x00", _TS.pack(entry.ts.inc, entry.ts.time),
+        b"\x09wallTime\x00", _MILLIS.pack((wall - _EPOCH) // _MS)))
+
+
 def build_raw(entry: Entry, opts: Options, store: Store) -> bytes:
     """``bson.encode(build(entry, opts, store))``, assembled from pre-encoded parts.
 
@@ -150,8 +177,7 @@ def build_raw(entry: Entry, opts: Options, store: Store) -> bytes:
         return bson.encode(build(entry, opts, store))
     head = entry.head
     if head is None:
-        head = entry.head = _elements({"_id": Token(entry.pos).doc(), "operationType": op,
-                                       "clusterTime": entry.ts, "wallTime": entry.wall})
+        head = entry.head = _head(entry)
     mid = entry.mid
     if mid is None:
         mid = entry.mid = _elements({"ns": {"db": entry.db, "coll": entry.coll},
@@ -178,12 +204,12 @@ def build_raw(entry: Entry, opts: Options, store: Store) -> bytes:
     parts.append(mid)
     if op == "update" and entry.update is not None:
         desc = entry.update
-        if not opts.expanded and "disambiguatedPaths" in desc:
-            desc = {k: v for k, v in desc.items() if k != "disambiguatedPaths"}
+        if opts.expanded:
             parts.append(_elements({"updateDescription": desc}))
-        else:
+        else:   # the common case, encoded once: without disambiguatedPaths
             if entry.desc is None:
-                entry.desc = _elements({"updateDescription": desc})
+                entry.desc = _elements({"updateDescription": {
+                    k: v for k, v in desc.items() if k != "disambiguatedPaths"}})
             parts.append(entry.desc)
     if opts.before_change in ("whenAvailable", "required") and op != "insert":
         if entry.pre is None:
