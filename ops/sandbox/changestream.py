@@ -30,6 +30,7 @@ its cursor; a stream resumed from the token of the event that caused it starts w
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,17 @@ ALLOWED_STAGES = frozenset({"$match", "$project", "$addFields", "$set", "$unset"
                             "$replaceRoot", "$replaceWith", "$redact"})
 SPLIT_STAGE = "$changeStreamSplitLargeEvent"
 DEFAULT_AWAIT_SECONDS = 1.0
+
+
+_LENGTH = struct.Struct("<i")
+_INDEX_KEYS: list[bytes] = []
+
+
+def _index_key(n: int) -> bytes:
+    """Type byte (embedded document) and key of array element ``n``."""
+    while len(_INDEX_KEYS) <= n:
+        _INDEX_KEYS.append(b"\x03" + str(len(_INDEX_KEYS)).encode() + b"\x00")
+    return _INDEX_KEYS[n]
 
 
 @dataclass(frozen=True)
@@ -171,7 +183,11 @@ class StreamCursor(Cursor):
         return True
 
     def batch(self, size: int | None) -> list[Any]:
-        out: list[Any] = []
+        return [RawBSONDocument(raw) for raw in self.batch_raw(size)]
+
+    def batch_raw(self, size: int | None) -> list[bytes]:
+        """The next batch's events as encoded documents."""
+        out: list[bytes] = []
         nbytes = 0
         limit = size if size and size > 0 else None
         if size == 0:
@@ -185,7 +201,7 @@ class StreamCursor(Cursor):
             if out and nbytes + len(raw) > MAX_BATCH_BYTES:
                 break
             self.pending.popleft()
-            out.append(RawBSONDocument(raw))
+            out.append(raw)
             nbytes += len(raw)
             self.last_token = token
             if token.kind == INVALIDATE:
@@ -216,16 +232,22 @@ class StreamCursor(Cursor):
         return Token(max(hw, self.after)).doc()
 
     def reply(self, ctx: Ctx, size: int | None, first: bool) -> Reply:
-        docs = self.batch(size)
+        docs = self.batch_raw(size)
         if self.exhausted:
             ctx.sb.cursors.pop(self.id, None)
         elif not self.id:
             self.id = ctx.sb.new_cursor_id()
             ctx.sb.cursors[self.id] = self
-        return {"cursor": {"firstBatch" if first else "nextBatch": docs,
-                           "postBatchResumeToken": self.post_batch_token(),
-                           "id": Int64(0 if self.exhausted else self.id), "ns": self.ns},
-                "ok": 1.0}
+        # {firstBatch|nextBatch: [...], postBatchResumeToken, id, ns}, the event array
+        # framed by hand around the events' bytes instead of re-encoded document by document
+        items = b"".join([_index_key(n) + raw for n, raw in enumerate(docs)])
+        name = b"firstBatch" if first else b"nextBatch"
+        array = b"\x04" + name + b"\x00" + _LENGTH.pack(len(items) + 5) + items + b"\x00"
+        rest = bson.encode({"postBatchResumeToken": self.post_batch_token(),
+                            "id": Int64(0 if self.exhausted else self.id), "ns": self.ns})
+        body = array + rest[4:-1]
+        cursor = RawBSONDocument(_LENGTH.pack(len(body) + 5) + body + b"\x00")
+        return {"cursor": cursor, "ok": 1.0}
 
     async def get_more(self, ctx: Ctx, size: Any) -> Reply:
         wanted = int(size) if size else None
