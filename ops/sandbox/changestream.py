@@ -11,23 +11,32 @@ after it) or the current cluster time; if the capped oplog has already dropped a
 entry after the start point the stream fails with ChangeStreamHistoryLost (286), also
 on a later ``getMore`` that fell behind.
 
-Each batch scans entries in order, builds events (:mod:`ops.sandbox.events`), runs the
-user stages over them with mongomock's pipeline engine (an event whose ``_id`` a stage
-changed is a fatal error, as on the server), splits or rejects events over 16 MiB, and
-reports ``postBatchResumeToken``: the last returned event's token while more may be
-waiting, else a high-water token at the current cluster time — on every batch, empty
-or not. An empty ``getMore`` waits for the next oplog append for up to
-``maxTimeMS`` (the driver's ``maxAwaitTimeMS``; 1 s by default) without polling.
-``invalidate`` (collection streams after drop/rename, database streams after
-dropDatabase) is the last event of its cursor.
+Each batch scans entries in order. Leading ``$match`` stages that look only at the
+envelope (operationType, ns; :mod:`ops.sandbox.envmatch`) are decided on the entry —
+once per distinct namespace and operation — so filtered-out entries cost nothing; a
+kept entry's event is assembled as raw BSON from parts cached on the entry
+(:func:`ops.sandbox.events.build_raw`); any remaining user stages run on the decoded
+event with mongomock's pipeline engine (an event whose ``_id`` a stage changed is a
+fatal error, as on the server). Events over 16 MiB are split or rejected. Each batch
+reports ``postBatchResumeToken``, empty or not: the point the scan
+reached — the last returned event's token while a batch cut by ``batchSize`` or the
+16 MiB limit leaves events or unscanned entries behind — and only once the scan
+reached the end of the oplog a high-water token at the current cluster time. An empty
+``getMore`` waits for the next oplog append for up to ``maxTimeMS`` (the driver's
+``maxAwaitTimeMS``; 1 s by default) without polling. ``invalidate`` (collection
+streams after drop/rename, database streams after dropDatabase) is the last event of
+its cursor; a stream resumed from the token of the event that caused it starts with it.
 """
 
 from __future__ import annotations
 
+import struct
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import bson
+from bson.codec_options import CodecOptions
 from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
@@ -35,6 +44,7 @@ from mongomock import aggregate as mm_aggregate
 
 from ops.sandbox import events
 from ops.sandbox.cursors import MAX_BATCH_BYTES, Cursor
+from ops.sandbox.envmatch import Predicate, compile_match
 from ops.sandbox.errors import CommandError
 from ops.sandbox.events import EVENT, HIGH_WATER, INVALIDATE, Options, Token
 from ops.sandbox.oplog import Entry, Position
@@ -44,10 +54,22 @@ from ops.sandbox.store import INTERNAL_DBS
 from ops.sandbox.wire import CODEC
 
 _process_pipeline: Any = mm_aggregate.process_pipeline
+CODEC_RAW: CodecOptions[RawBSONDocument] = CodecOptions(document_class=RawBSONDocument)
 ALLOWED_STAGES = frozenset({"$match", "$project", "$addFields", "$set", "$unset",
                             "$replaceRoot", "$replaceWith", "$redact"})
 SPLIT_STAGE = "$changeStreamSplitLargeEvent"
 DEFAULT_AWAIT_SECONDS = 1.0
+
+
+_LENGTH = struct.Struct("<i")
+_INDEX_KEYS: list[bytes] = []
+
+
+def _index_key(n: int) -> bytes:
+    """Type byte (embedded document) and key of array element ``n``."""
+    while len(_INDEX_KEYS) <= n:
+        _INDEX_KEYS.append(b"\x03" + str(len(_INDEX_KEYS)).encode() + b"\x00")
+    return _INDEX_KEYS[n]
 
 
 @dataclass(frozen=True)
@@ -74,21 +96,30 @@ class StreamCursor(Cursor):
                  after: Position, skip_fragments: tuple[Position, int] | None) -> None:
         self.sb, self.ns, self.scope, self.opts = sb, ns, scope, opts
         self.stages, self.split = stages, split
+        # Leading envelope-only $match stages run on the oplog entry (ops.sandbox.envmatch)
+        self.prefilters: list[Predicate] = []
+        for stage in stages:
+            pred = compile_match(stage)
+            if pred is None:
+                break
+            self.prefilters.append(pred)
+        self.rest = stages[len(self.prefilters):]
+        self.verdicts: dict[tuple[str, str, str | None], bool] = {}
         self.next_seq = next_seq
         self.after = after                      # position scanned up to
         self.floor = after                      # never report entries at or before it
         self.skip_fragments = skip_fragments
-        self.pending: list[tuple[Token, bytes]] = []
+        self.pending: deque[tuple[Token, bytes]] = deque()
         self.last_token: Token | None = None
         self.closing = False                    # invalidate queued: close after it
 
     # -- producing events ------------------------------------------------------------
-    def _transform(self, ev: dict[str, Any]) -> dict[str, Any] | None:
-        if not self.stages:
-            return ev
-        decoded = bson.decode(bson.encode(ev), CODEC)
+    def _transform(self, raw: bytes, stages: list[dict[str, Any]]) -> bytes | None:
+        if not stages:
+            return raw
+        decoded = bson.decode(raw, CODEC)
         try:
-            out = list(_process_pipeline([decoded], None, self.stages, None))
+            out = list(_process_pipeline([decoded], None, stages, None))
         except Exception as exc:
             raise CommandError(getattr(exc, "code", None) or 2, str(exc)) from exc
         if not out:
@@ -96,17 +127,29 @@ class StreamCursor(Cursor):
         if out[0].get("_id") != decoded["_id"]:
             raise CommandError(280, "Encountered an event whose _id field, which contains the "
                                     "resume token, was modified by the pipeline")
-        return dict(out[0])
+        return bson.encode(out[0])
 
-    def _queue(self, ev: dict[str, Any], token: Token) -> None:
-        raw = bson.encode(ev)
+    def _stages_for(self, entry: Entry) -> list[dict[str, Any]] | None:
+        """The stages still to run on ``entry``'s event; None if a prefilter drops it."""
+        if not self.prefilters:
+            return self.stages
+        dropdb = entry.op == "dropDatabase"
+        if entry.coll is None and not dropdb:
+            return self.stages          # an event with ns.coll null: the general engine
+        env = (entry.op, entry.db, None if dropdb else entry.coll)
+        keep = self.verdicts.get(env)
+        if keep is None:                # few distinct envelopes: decide each once
+            keep = self.verdicts[env] = all(pred(env) for pred in self.prefilters)
+        return self.rest if keep else None
+
+    def _queue(self, raw: bytes, token: Token) -> None:
         if len(raw) <= events.MAX_EVENT:
             self.pending.append((token, raw))
             return
         if not self.split:
             raise CommandError(10334, f"BSONObjectTooLarge: change event of {len(raw)} bytes "
                                       "exceeds 16 MiB; add $changeStreamSplitLargeEvent")
-        fragments = events.split(ev, token.pos)
+        fragments = events.split(dict(RawBSONDocument(raw, CODEC_RAW).items()), token.pos)
         if self.skip_fragments is not None and self.skip_fragments[0] == token.pos:
             fragments = fragments[self.skip_fragments[1]:]
         self.pending.extend(fragments)
@@ -128,9 +171,11 @@ class StreamCursor(Cursor):
             return True
         if entry.op in events.EXPANDED_OPS and not self.opts.expanded:
             return True
-        ev = self._transform(events.build(entry, self.opts, self.sb.store))
-        if ev is not None:
-            self._queue(ev, Token(entry.pos))
+        stages = self._stages_for(entry)
+        if stages is not None:
+            raw = self._transform(events.build_raw(entry, self.opts, self.sb.store), stages)
+            if raw is not None:
+                self._queue(raw, Token(entry.pos))
         if self.scope.invalidated_by(entry):
             self.pending.append((Token(entry.pos, 0, INVALIDATE),
                                  bson.encode(events.invalidate(entry))))
@@ -138,7 +183,11 @@ class StreamCursor(Cursor):
         return True
 
     def batch(self, size: int | None) -> list[Any]:
-        out: list[Any] = []
+        return [RawBSONDocument(raw) for raw in self.batch_raw(size)]
+
+    def batch_raw(self, size: int | None) -> list[bytes]:
+        """The next batch's events as encoded documents."""
+        out: list[bytes] = []
         nbytes = 0
         limit = size if size and size > 0 else None
         if size == 0:
@@ -151,8 +200,8 @@ class StreamCursor(Cursor):
             token, raw = self.pending[0]
             if out and nbytes + len(raw) > MAX_BATCH_BYTES:
                 break
-            self.pending.pop(0)
-            out.append(RawBSONDocument(raw))
+            self.pending.popleft()
+            out.append(raw)
             nbytes += len(raw)
             self.last_token = token
             if token.kind == INVALIDATE:
@@ -161,24 +210,44 @@ class StreamCursor(Cursor):
         return out
 
     def post_batch_token(self) -> dict[str, str]:
-        if self.pending or (self.last_token is not None and self.last_token.kind == INVALIDATE):
-            assert self.last_token is not None
-            return self.last_token.doc()
+        """The point this cursor has delivered up to, as a token to resume from.
+
+        While returned events are still pending, or entries remain unscanned (the batch
+        was cut by ``batchSize`` or the 16 MiB limit), that is the last event returned
+        (or, when the scan passed entries that produced nothing since, the last entry
+        scanned): resuming from it yields exactly what this cursor would return next.
+        Only a scan that reached the end of the oplog may report a high-water mark at
+        the current cluster time.
+        """
+        last = self.last_token
+        if self.pending or (last is not None and last.kind == INVALIDATE):
+            assert last is not None
+            return last.doc()
+        if self.next_seq < self.sb.oplog.next_seq:
+            if last is not None and last.pos == self.after:
+                return last.doc()
+            return Token(self.after).doc()
         now = self.sb.operation_time()
         hw = (now.time, now.inc, HIGH_WATER)
         return Token(max(hw, self.after)).doc()
 
     def reply(self, ctx: Ctx, size: int | None, first: bool) -> Reply:
-        docs = self.batch(size)
+        docs = self.batch_raw(size)
         if self.exhausted:
             ctx.sb.cursors.pop(self.id, None)
         elif not self.id:
             self.id = ctx.sb.new_cursor_id()
             ctx.sb.cursors[self.id] = self
-        return {"cursor": {"firstBatch" if first else "nextBatch": docs,
-                           "postBatchResumeToken": self.post_batch_token(),
-                           "id": Int64(0 if self.exhausted else self.id), "ns": self.ns},
-                "ok": 1.0}
+        # {firstBatch|nextBatch: [...], postBatchResumeToken, id, ns}, the event array
+        # framed by hand around the events' bytes instead of re-encoded document by document
+        items = b"".join([_index_key(n) + raw for n, raw in enumerate(docs)])
+        name = b"firstBatch" if first else b"nextBatch"
+        array = b"\x04" + name + b"\x00" + _LENGTH.pack(len(items) + 5) + items + b"\x00"
+        rest = bson.encode({"postBatchResumeToken": self.post_batch_token(),
+                            "id": Int64(0 if self.exhausted else self.id), "ns": self.ns})
+        body = array + rest[4:-1]
+        cursor = RawBSONDocument(_LENGTH.pack(len(body) + 5) + body + b"\x00")
+        return {"cursor": cursor, "ok": 1.0}
 
     async def get_more(self, ctx: Ctx, size: Any) -> Reply:
         wanted = int(size) if size else None
@@ -230,6 +299,20 @@ def _start(sb: Sandbox, spec: dict[str, Any]) -> tuple[int, Position,
     return seq, after, skip
 
 
+def _queue_invalidate(cursor: StreamCursor, resume: Any) -> None:
+    """Resuming right after a drop/rename/dropDatabase event: its invalidate comes next."""
+    token = Token.parse(resume)
+    if token.kind != EVENT:
+        return
+    entry = cursor.sb.oplog.get(cursor.next_seq - 1)
+    scope = cursor.scope
+    if entry is not None and entry.pos == token.pos and scope.sees(entry) \
+            and scope.invalidated_by(entry):
+        invalidate = Token(entry.pos, 0, INVALIDATE)
+        cursor.pending.append((invalidate, bson.encode(events.invalidate(entry))))
+        cursor.closing = True
+
+
 def open_stream(ctx: Ctx, pipeline: list[dict[str, Any]]) -> Reply:
     spec = dict(pipeline[0]["$changeStream"] or {})
     target = ctx.body["aggregate"]
@@ -267,5 +350,7 @@ def open_stream(ctx: Ctx, pipeline: list[dict[str, Any]]) -> Reply:
         raise CommandError(2, f"unknown fullDocumentBeforeChange mode {opts.before_change!r}")
     seq, after, skip = _start(ctx.sb, spec)
     cursor = StreamCursor(ctx.sb, ns, scope, opts, stages, split, seq, after, skip)
+    if "resumeAfter" in spec or "startAfter" in spec:
+        _queue_invalidate(cursor, spec.get("resumeAfter", spec.get("startAfter")))
     size = (ctx.body.get("cursor") or {}).get("batchSize")
     return cursor.reply(ctx, int(size) if size is not None else None, True)

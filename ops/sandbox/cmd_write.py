@@ -125,7 +125,8 @@ def update_doc(writer: Writer, coll: Collection, match: Match, spec: dict[str, A
     if engine.is_replacement(update):
         writer.record(coll, "replace", key, doc["_id"], raw, new_raw)
     else:
-        writer.record(coll, "update", key, doc["_id"], raw, new_raw, engine.diff(doc, new))
+        writer.record(coll, "update", key, doc["_id"], raw, new_raw,
+                      engine.diff(doc, new, raw, new_raw))
     return True, new_raw
 
 

@@ -30,6 +30,7 @@ from bson.regex import Regex
 from mongomock import collection as mm_collection
 from mongomock import filtering
 
+from ops.sandbox import bsonraw
 from ops.sandbox.bsonkey import SortKey, sort_key
 from ops.sandbox.errors import CommandError
 
@@ -315,15 +316,27 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def diff(before: Doc, after: Doc) -> Doc:
+def diff(before: Doc, after: Doc, before_raw: bytes | None = None,
+         after_raw: bytes | None = None) -> Doc:
     """``updateDescription`` of the change from ``before`` to ``after``.
 
     ``disambiguatedPaths`` (shown to ``showExpandedEvents`` streams only) lists, for
     each reported path that contains a dotted or all-digit field name, the path as an
     array of field names (strings) and array indexes (ints), as MongoDB 6.1+ does.
+    Given both documents' bytes too, top-level fields whose element bytes are equal
+    (same type, same value) are skipped without comparing their decoded values, so the
+    cost follows the fields that changed, not the document's size.
     """
     out = _Diff()
-    out.doc(before, after, ())
+    unchanged: set[str] = set()
+    if before_raw is not None and after_raw is not None:
+        try:
+            old, new = bsonraw.elements(before_raw), bsonraw.elements(after_raw)
+        except ValueError:
+            pass
+        else:
+            unchanged = {k for k, v in new.items() if old.get(k) == v}
+    out.doc(before, after, (), unchanged)
     return {"updatedFields": out.updated, "removedFields": out.removed,
             "truncatedArrays": out.truncated, "disambiguatedPaths": out.ambiguous}
 
@@ -341,11 +354,14 @@ class _Diff:
             self.ambiguous[path] = list(parts)
         return path
 
-    def doc(self, before: Doc, after: Doc, parts: tuple[str | int, ...]) -> None:
+    def doc(self, before: Doc, after: Doc, parts: tuple[str | int, ...],
+            unchanged: set[str] | frozenset[str] = frozenset()) -> None:
         for key in before:
             if key not in after:
                 self.removed.append(self._path((*parts, key)))
         for key, value in after.items():
+            if key in unchanged:
+                continue
             if key not in before:
                 self.updated[self._path((*parts, key))] = value
             else:

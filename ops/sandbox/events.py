@@ -14,12 +14,18 @@ its ``operationType`` (``_id``, ``operationType``, ``clusterTime``, ``wallTime``
 ``ns``, ``documentKey``, ``fullDocument``, ``updateDescription``,
 ``fullDocumentBeforeChange``, ``lsid``/``txnNumber``, ``to``, ``operationDescription``
 …), honouring the stream's ``fullDocument`` / ``fullDocumentBeforeChange`` modes.
+:func:`build_raw` produces the same bytes as ``bson.encode(build(...))`` for document
+events without building a dict: envelope, ``ns`` + ``documentKey`` and (for streams
+without expanded events) ``updateDescription`` are encoded once per oplog entry and
+cached on it, and stored documents are spliced in as raw bytes.
 :func:`split` cuts an event over 16 MiB into ``splitEvent {fragment, of}`` pieces, as
 ``$changeStreamSplitLargeEvent`` does, each under the limit and with its own token.
 """
 
 from __future__ import annotations
 
+import datetime
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +129,101 @@ def build(entry: Entry, opts: Options, store: Store) -> dict[str, Any]:
         ev["lsid"] = entry.lsid
         ev["txnNumber"] = entry.txn
     return ev
+
+
+_FULL = b"\x03fullDocument\x00"
+_FULL_NULL = b"\x0afullDocument\x00"
+_BEFORE = b"\x03fullDocumentBeforeChange\x00"
+_BEFORE_NULL = b"\x0afullDocumentBeforeChange\x00"
+_LENGTH = struct.Struct("<i")
+
+
+def _elements(fields: dict[str, Any]) -> bytes:
+    """The encoded elements of ``fields``, without the document's framing."""
+    return bson.encode(fields)[4:-1]
+
+
+_ID_TOKEN = b"\x03_id\x00" + _LENGTH.pack(49) + b"\x02_data\x00" + _LENGTH.pack(33)
+_TS = struct.Struct("<II")
+_MILLIS = struct.Struct("<q")
+_EPOCH = datetime.datetime(1970, 1, 1)
+_MS = datetime.timedelta(milliseconds=1)
+
+
+def _head(entry: Entry) -> bytes:
+    """``_id`` (the token), ``operationType``, ``clusterTime`` and ``wallTime``."""
+    t, i, index = entry.pos
+    op = entry.op.encode()
+    wall = entry.wall
+    if wall.tzinfo is not None:
+        return _elements({"_id": Token(entry.pos).doc(), "operationType": entry.op,
+                          "clusterTime": entry.ts, "wallTime": wall})
+    return b"".join((
+        _ID_TOKEN, f"82{t:08X}{i:08X}{index + 1:08X}000000".encode(), b"\x00\x00",
+        b"\x02operationType\x00", _LENGTH.pack(len(op) + 1), op, b"\x00",
+        b"\x11clusterTime\x00", _TS.pack(entry.ts.inc, entry.ts.time),
+        b"\x09wallTime\x00", _MILLIS.pack((wall - _EPOCH) // _MS)))
+
+
+def build_raw(entry: Entry, opts: Options, store: Store) -> bytes:
+    """``bson.encode(build(entry, opts, store))``, assembled from pre-encoded parts.
+
+    The envelope (``_id`` … ``wallTime``) and ``ns`` + ``documentKey`` are encoded
+    once per oplog entry and cached on it; documents are spliced in as the stored raw
+    bytes, so a document event costs a few byte concatenations.
+    """
+    op = entry.op
+    if op not in DOC_OPS:
+        return bson.encode(build(entry, opts, store))
+    head = entry.head
+    if head is None:
+        head = entry.head = _head(entry)
+    mid = entry.mid
+    if mid is None:
+        mid = entry.mid = _elements({"ns": {"db": entry.db, "coll": entry.coll},
+                                     "documentKey": entry.key})
+    parts = [head]
+    if opts.expanded and entry.uuid is not None:
+        parts.append(_elements({"collectionUUID": entry.uuid}))
+    has_full, full = True, None
+    if op in ("insert", "replace"):
+        full = entry.post
+    elif op == "update" and opts.full_document == "updateLookup":
+        coll = store.get(entry.db, entry.coll or "")
+        full = None if coll is None or entry.key is None \
+            else coll.get(sort_key(entry.key["_id"]))
+    elif op == "update" and opts.full_document in ("whenAvailable", "required"):
+        if entry.post is None and opts.full_document == "required":
+            raise CommandError(280, "Change stream was configured to require a post-image "
+                                    "for all update events, but none was found")
+        full = entry.post
+    else:
+        has_full = False
+    if has_full:
+        parts += (_FULL_NULL,) if full is None else (_FULL, full)
+    parts.append(mid)
+    if op == "update" and entry.update is not None:
+        desc = entry.update
+        if opts.expanded:
+            parts.append(_elements({"updateDescription": desc}))
+        else:   # the common case, encoded once: without disambiguatedPaths
+            if entry.desc is None:
+                entry.desc = _elements({"updateDescription": {
+                    k: v for k, v in desc.items() if k != "disambiguatedPaths"}})
+            parts.append(entry.desc)
+    if opts.before_change in ("whenAvailable", "required") and op != "insert":
+        if entry.pre is None:
+            if opts.before_change == "required":
+                raise CommandError(280, "Change stream was configured to require a pre-image "
+                                        "for all update, delete and replace events, but none "
+                                        "was found")
+            parts.append(_BEFORE_NULL)
+        else:
+            parts += (_BEFORE, entry.pre)
+    if entry.lsid is not None:
+        parts.append(_elements({"lsid": entry.lsid, "txnNumber": entry.txn}))
+    body = b"".join(parts)
+    return _LENGTH.pack(len(body) + 5) + body + b"\x00"
 
 
 def invalidate(entry: Entry) -> dict[str, Any]:

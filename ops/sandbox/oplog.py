@@ -68,6 +68,9 @@ class Entry:
     txn: Int64 | None = None
     images: bool = False                       # collection records pre/post images
     uuid: Any = None                           # collection UUID (Binary subtype 4)
+    head: bytes | None = None                  # cached event prefix (see events.build_raw)
+    mid: bytes | None = None                   # cached ns + documentKey elements
+    desc: bytes | None = None                  # cached updateDescription element
 
     def ns_match(self, db: str | None, coll: str | None) -> bool:
         return (db is None or self.db == db) and (coll is None or self.coll == coll)
