@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ("sandbox_scan", "mapping", "sink", "cdc", "backfill")
+BENCHMARKS = ("sandbox_scan", "sandbox_stream", "mapping", "sink", "cdc", "backfill")
 
 
 def main(argv: list[str]) -> int:

@@ -14,6 +14,7 @@ import pytest
 
 SMOKES = {
     "sandbox_scan": (["--docs", "2000", "--rounds", "1"], "ratio scan/ceiling"),
+    "sandbox_stream": (["--events", "1000", "--rounds", "1"], "insert events/s"),
     "mapping": (["--docs", "500", "--rounds", "1"], "document mode, relaxed"),
     "sink": (["--docs", "1000", "--repeat", "1"], "C_merge"),
     "cdc": (["--events", "400", "--base", "400", "--lag-seconds", "1"], "C_merge"),
