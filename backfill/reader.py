@@ -85,12 +85,27 @@ async def id_brackets(client: AsyncMongoClient[Any], namespace: Namespace
     return bracket(lo["_id"]), bracket(hi["_id"])
 
 
+Span = tuple[Bracket, Bracket] | None
+
+
 async def chunk_filter(client: AsyncMongoClient[Any], namespace: Namespace,
-                       lower: Any | None, upper: Any | None) -> dict[str, Any] | None:
-    """The ``find`` filter of ``[lower, upper)``; None when nothing can match (empty)."""
+                       lower: Any | None, upper: Any | None,
+                       spans: dict[Namespace, Span] | None = None) -> dict[str, Any] | None:
+    """The ``find`` filter of ``[lower, upper)``; None when nothing can match (empty).
+
+    ``spans`` caches :func:`id_brackets` per namespace for the caller's run. That is
+    safe once the change stream is open: a document of a bracket outside a cached span
+    was inserted after the span was read, so after the stream started, and the stream
+    carries it. (On the sandbox, the descending lookup decodes the whole collection.)
+    """
     if lower is not None and upper is not None and bracket(lower) == bracket(upper):
         return range_filter(lower, upper)
-    span = await id_brackets(client, namespace)
+    if spans is not None and namespace in spans:
+        span = spans[namespace]
+    else:
+        span = await id_brackets(client, namespace)
+        if spans is not None:
+            spans[namespace] = span
     if span is None:
         return None
     return range_filter(lower, upper, lowest=span[0], highest=span[1])

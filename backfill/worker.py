@@ -34,7 +34,7 @@ from backfill.chunks import ChunkRecord, ChunkStore
 from backfill.config import BackfillConfig
 from backfill.planner import plan_collection
 from backfill.progress import BYTES, DOCUMENTS, ProgressTracker, export, render_line
-from backfill.reader import chunk_filter, id_document, read_batches, read_label
+from backfill.reader import Span, chunk_filter, id_document, read_batches, read_label
 from backfill.throttle import Throttle
 from cdc.batch import Batch, Change, Op, Origin
 from cdc.errors import InvariantError, is_retriable
@@ -86,6 +86,9 @@ class Backfill:
         self.copied_documents = 0
         self.copied_chunks = 0
         self._stop = anyio.Event()
+        # Brackets of the smallest and largest _id per namespace, read once per run
+        # (always after the change stream opened; see reader.chunk_filter).
+        self._spans: dict[Namespace, Span] = {}
 
     # -- control ---------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -113,12 +116,15 @@ class Backfill:
     async def rebackfill(self, namespaces: Sequence[Namespace]) -> None:
         """Copy ``namespaces`` again from scratch (their chunks are re-planned)."""
         await self.store.reset(namespaces)
+        for ns in namespaces:
+            self._spans.pop(ns, None)
         await self.plan(namespaces)
 
     # -- running ---------------------------------------------------------------------
     async def run(self, namespaces: Sequence[Namespace],
                   progress_line: Callable[[str], None] | None = None) -> bool:
         """Plan, copy until every chunk is done (True) or a stop was requested (False)."""
+        self._spans.clear()
         await self.plan(namespaces)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._report_loop, progress_line)
@@ -165,7 +171,7 @@ class Backfill:
     async def copy_chunk(self, chunk: ChunkRecord) -> bool:
         """Copy one claimed chunk; True when it was completed (marked done)."""
         ns = chunk.namespace
-        filter_ = await chunk_filter(self.client, ns, chunk.lower, chunk.upper)
+        filter_ = await chunk_filter(self.client, ns, chunk.lower, chunk.upper, self._spans)
         docs = nbytes = 0
         async with self.client.start_session(causal_consistency=False) as session:
             label = await read_label(self.client, ns, session, self.stream_start)
