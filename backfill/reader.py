@@ -17,6 +17,7 @@ import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import bson
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -138,4 +139,6 @@ async def read_batches(client: AsyncMongoClient[Any], namespace: Namespace,
             if docs:
                 yield docs
     finally:
-        await cursor.close()
+        # Also when the caller cancels the read (a stop): the server frees the cursor.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await cursor.close()

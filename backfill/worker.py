@@ -28,7 +28,9 @@ from typing import Any, Protocol
 
 import anyio
 import bson
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.client_session import AsyncClientSession
 
 from backfill.chunks import ChunkRecord, ChunkStore
 from backfill.config import BackfillConfig
@@ -42,12 +44,24 @@ from cdc.types import ClusterTime, Namespace
 
 log = logging.getLogger("mongo2pg.backfill")
 MAX_WORKERS = 16
+READ_AHEAD = 2
+"""Read batches a worker's reader may hold ready while its writer writes."""
 
 
 class SinkLike(Protocol):
     """What the backfill needs of the sink: apply one batch atomically."""
 
     async def apply(self, batch: Batch) -> Any: ...
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that failed a reader/writer pair (not the cancellation it caused)."""
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend([exc] if not isinstance(exc, BaseExceptionGroup) else
+                      [_first_leaf(exc)])
+    cancelled = anyio.get_cancelled_exc_class()
+    return next((e for e in leaves if not isinstance(e, cancelled)), leaves[0])
 
 
 def default_owner() -> str:
@@ -172,32 +186,74 @@ class Backfill:
         """Copy one claimed chunk; True when it was completed (marked done)."""
         ns = chunk.namespace
         filter_ = await chunk_filter(self.client, ns, chunk.lower, chunk.upper, self._spans)
-        docs = nbytes = 0
         async with self.client.start_session(causal_consistency=False) as session:
             label = await read_label(self.client, ns, session, self.stream_start)
             await self.store.renew(chunk.id, docs=0, nbytes=0, read_started=label.packed)
-            pending: list[bytes] = []
-            if filter_ is not None:
-                async for batch in read_batches(self.client, ns, filter_,
-                                                batch_size=self.config.batch_size,
-                                                session=session):
-                    if pending:
-                        if self.stopping:
-                            await self.store.release(chunk.id)
-                            return False
-                        docs += len(pending)
-                        nbytes += sum(len(d) for d in pending)
-                        if not await self.store.renew(chunk.id, docs=docs, nbytes=nbytes):
-                            log.warning("lost the lease of a chunk; another worker copies it",
-                                        extra={"fields": {"chunk": chunk.id}})
-                            return False
-                        await self._write(ns, pending, label, None)
-                    pending = batch
-        docs += len(pending)
-        nbytes += sum(len(d) for d in pending)
+            if filter_ is None:
+                return await self._finish(chunk, [], label, 0, 0)
+            send, receive = anyio.create_memory_object_stream[list[bytes]](READ_AHEAD)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._read_chunk, ns, filter_, session, send)
+                    with receive:
+                        done = await self._write_chunk(chunk, label, receive)
+                    tg.cancel_scope.cancel()  # stopped early: the reader is not needed
+            except BaseExceptionGroup as group:
+                raise _first_leaf(group) from None
+        return done
+
+    async def _read_chunk(self, ns: Namespace, filter_: dict[str, Any],
+                          session: AsyncClientSession,
+                          send: MemoryObjectSendStream[list[bytes]]) -> None:
+        """The reader task: raw batches of the chunk, in order, until its end."""
+        cfg = self.config
+        with send:
+            async for batch in read_batches(self.client, ns, filter_,
+                                            batch_size=min(cfg.batch_size,
+                                                           cfg.read_batch_documents),
+                                            session=session):
+                await send.send(batch)
+
+    async def _write_chunk(self, chunk: ChunkRecord, label: ClusterTime,
+                           receive: MemoryObjectReceiveStream[list[bytes]]) -> bool:
+        """The writer: sink batches of about ``batch_size`` documents (``batch_bytes`` at
+        most, unless one read batch is larger). A group is written once the next read
+        batch has arrived, so the last one is known and carries the chunk id."""
+        cfg = self.config
+        ns = chunk.namespace
+        docs = nbytes = 0
+        group: list[bytes] = []
+        group_bytes = 0
+        renew_every = min(cfg.lease_seconds / 4, cfg.progress_interval_seconds)
+        renewed = time.monotonic()
+        async for batch in receive:
+            size = sum(len(d) for d in batch)
+            if group and (len(group) >= cfg.batch_size
+                          or group_bytes + size > cfg.batch_bytes):
+                if self.stopping:
+                    await self.store.release(chunk.id)
+                    return False
+                docs += len(group)
+                nbytes += group_bytes
+                if time.monotonic() - renewed >= renew_every:
+                    if not await self.store.renew(chunk.id, docs=docs, nbytes=nbytes):
+                        log.warning("lost the lease of a chunk; another worker copies it",
+                                    extra={"fields": {"chunk": chunk.id}})
+                        return False
+                    renewed = time.monotonic()
+                await self._write(ns, group, label, None)
+                group, group_bytes = [], 0
+            group.extend(batch)
+            group_bytes += size
+        return await self._finish(chunk, group, label, docs + len(group),
+                                  nbytes + group_bytes)
+
+    async def _finish(self, chunk: ChunkRecord, last: list[bytes], label: ClusterTime,
+                      docs: int, nbytes: int) -> bool:
+        """Write the chunk's last rows in the transaction that marks it done."""
         await self.store.renew(chunk.id, docs=docs, nbytes=nbytes)
         try:
-            await self._write(ns, pending, label, chunk.id)
+            await self._write(chunk.namespace, last, label, chunk.id)
         except InvariantError:
             if await self.store.exists(chunk.id):
                 raise
