@@ -60,10 +60,18 @@ def _value_size(raw: bytes, type_byte: int, pos: int) -> int:
     raise ValueError(f"unknown BSON element type {type_byte:#x}")
 
 
+# Fixed-width id types: the BSON prefix of {"_id": value} (size, type, name) and the width.
+_FIXED_ID_PREFIX = {t: (_INT32.pack(10 + w) + bytes((t,)) + _ID_NAME, w)
+                    for t, w in _FIXED.items()}
+
+
 def id_document(raw: bytes) -> bytes:
     """BSON ``{"_id": value}`` of a raw document, the id keeping its original type."""
     type_byte = raw[4]
     if raw[5:9] == _ID_NAME:
+        fixed = _FIXED_ID_PREFIX.get(type_byte)
+        if fixed is not None:  # ints, ObjectIds, dates…: no size to read
+            return fixed[0] + raw[9:9 + fixed[1]] + b"\x00"
         size = _value_size(raw, type_byte, 9)
         element = raw[4 : 9 + size]
         return _INT32.pack(4 + len(element) + 1) + element + b"\x00"

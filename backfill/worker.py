@@ -241,7 +241,7 @@ class Backfill:
                                     extra={"fields": {"chunk": chunk.id}})
                         return False
                     renewed = time.monotonic()
-                await self._write(ns, group, label, None)
+                await self._write(ns, group, label, None, group_bytes)
                 group, group_bytes = [], 0
             group.extend(batch)
             group_bytes += size
@@ -264,17 +264,18 @@ class Backfill:
         return True
 
     async def _write(self, ns: Namespace, docs: list[bytes], label: ClusterTime,
-                     chunk_id: int | None) -> None:
+                     chunk_id: int | None, nbytes: int | None = None) -> None:
         if docs:
             await self.throttle.acquire(len(docs))
-        version = label.packed
-        changes = [Change(ns, id_document(d), version, Op.UPSERT, d, Origin.BACKFILL)
-                   for d in docs]
+        # Enum members bound once: an attribute lookup on an Enum class costs about as
+        # much as building the Change itself.
+        version, upsert, origin = label.packed, Op.UPSERT, Origin.BACKFILL
+        changes = [Change(ns, id_document(d), version, upsert, d, origin) for d in docs]
         await self.sink.apply(Batch(changes, chunk_id=chunk_id))
         if docs:
             self.copied_documents += len(docs)
             DOCUMENTS.labels(str(ns)).inc(len(docs))
-            BYTES.labels(str(ns)).inc(sum(len(d) for d in docs))
+            BYTES.labels(str(ns)).inc(sum(len(d) for d in docs) if nbytes is None else nbytes)
 
     # -- targeted copies -------------------------------------------------------------
     async def copy_ids(self, namespace: Namespace, ids: Sequence[Any]) -> int:
