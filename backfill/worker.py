@@ -192,11 +192,12 @@ class Backfill:
             if filter_ is None:
                 return await self._finish(chunk, [], label, 0, 0)
             send, receive = anyio.create_memory_object_stream[list[bytes]](READ_AHEAD)
+            failed: list[Exception] = []
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._read_chunk, ns, filter_, session, send)
+                    tg.start_soon(self._read_chunk, ns, filter_, session, send, failed)
                     with receive:
-                        done = await self._write_chunk(chunk, label, receive)
+                        done = await self._write_chunk(chunk, label, receive, failed)
                     tg.cancel_scope.cancel()  # stopped early: the reader is not needed
             except BaseExceptionGroup as group:
                 raise _first_leaf(group) from None
@@ -204,18 +205,25 @@ class Backfill:
 
     async def _read_chunk(self, ns: Namespace, filter_: dict[str, Any],
                           session: AsyncClientSession,
-                          send: MemoryObjectSendStream[list[bytes]]) -> None:
-        """The reader task: raw batches of the chunk, in order, until its end."""
+                          send: MemoryObjectSendStream[list[bytes]],
+                          failed: list[Exception]) -> None:
+        """The reader task: raw batches of the chunk, in order, until its end. A read
+        error ends the stream and is left in ``failed`` for the writer, so a sink
+        transaction is never cancelled midway by a failed read."""
         cfg = self.config
         with send:
-            async for batch in read_batches(self.client, ns, filter_,
-                                            batch_size=min(cfg.batch_size,
-                                                           cfg.read_batch_documents),
-                                            session=session):
-                await send.send(batch)
+            try:
+                async for batch in read_batches(self.client, ns, filter_,
+                                                batch_size=min(cfg.batch_size,
+                                                               cfg.read_batch_documents),
+                                                session=session):
+                    await send.send(batch)
+            except Exception as exc:
+                failed.append(exc)
 
     async def _write_chunk(self, chunk: ChunkRecord, label: ClusterTime,
-                           receive: MemoryObjectReceiveStream[list[bytes]]) -> bool:
+                           receive: MemoryObjectReceiveStream[list[bytes]],
+                           failed: list[Exception]) -> bool:
         """The writer: sink batches of about ``batch_size`` documents (``batch_bytes`` at
         most, unless one read batch is larger). A group is written once the next read
         batch has arrived, so the last one is known and carries the chunk id."""
@@ -245,6 +253,8 @@ class Backfill:
                 group, group_bytes = [], 0
             group.extend(batch)
             group_bytes += size
+        if failed:  # the read ended early: the chunk is not complete
+            raise failed[0]
         return await self._finish(chunk, group, label, docs + len(group),
                                   nbytes + group_bytes)
 
