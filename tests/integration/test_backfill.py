@@ -212,3 +212,33 @@ async def test_backfill_never_marks_a_chunk_done_when_its_read_failed_midway(
         assert compare(mongo_uri, pg_dsn, [ns]).mismatches == 0
     finally:
         await client.close()
+
+
+async def test_backfill_groups_read_batches_into_sink_batches_and_only_the_last_marks_done(
+    mongo_uri: str, pg_dsn: str
+) -> None:
+    db = fresh_db()
+    ns = Namespace(db, "c")
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+    applied: list[tuple[int, int | None]] = []
+
+    async def record(batch: Batch) -> None:
+        applied.append((len(batch.changes), batch.chunk_id))
+
+    try:
+        await client[db]["c"].insert_many([{"_id": i, "v": i} for i in range(65)])
+        async with pipeline(mongo_uri, pg_dsn, [f"{db}.c"]) as p:
+            config = BackfillConfig(workers=1, chunk_documents=1000, batch_size=40,
+                                    read_batch_documents=10)
+            bf = p.backfill(config, sink=HookedSink(p.sink, record))
+            await bf.plan([ns])
+            chunk = await p.store.claim([ns])
+            assert chunk is not None and chunk.lower is None and chunk.upper is None
+            assert await bf.copy_chunk(chunk) is True
+        # Reads of 10 documents, written in groups of at least 40 (whole read batches);
+        # the rest goes with the chunk id once the reader reported the end.
+        assert applied == [(40, None), (25, chunk.id)]
+        assert [r[2] for r in chunk_rows(pg_dsn)] == ["done"]
+        assert compare(mongo_uri, pg_dsn, [ns]).mismatches == 0
+    finally:
+        await client.close()
