@@ -4,12 +4,17 @@ Mechanism: :meth:`Backfill.run` plans each namespace once (shared control schema
 :mod:`backfill.chunks`), then runs ``workers`` tasks in one anyio task group; each holds
 a slot of a :class:`anyio.CapacityLimiter` (adjustable at run time) while it copies a
 chunk. Copying a chunk: claim it, fix the read label (:func:`backfill.reader.read_label`,
-never below the stream's start time), read its range in raw batches and hand each batch
-to the sink as :class:`cdc.batch.Change` upserts of origin ``BACKFILL`` carrying the
-label as version. The last batch carries ``chunk_id`` so the sink marks the chunk done
-in the transaction that writes its last rows: a crash at any point leaves the chunk
-either done with all its rows, or claimable again. The reader keeps one batch ahead of
-the writer, so the sink knows which batch is the last.
+never below the stream's start time), read its range in raw batches and hand them to
+the sink as :class:`cdc.batch.Change` upserts of origin ``BACKFILL`` carrying the label
+as version. A reader task fetches the next ``getMore`` batches (a bounded memory object
+stream, ``READ_AHEAD`` batches) while the writer groups read batches into sink batches
+of about ``batch_size`` documents; a group is written once the next read batch arrived
+(or the read ended), so the last group is known and carries ``chunk_id``: the sink marks
+the chunk done in the transaction that writes its last rows, and a failed read is raised
+before that write. A crash at any point leaves the chunk either done with all its rows,
+or claimable again. The lease is renewed (with progress) at most every
+``min(lease_seconds / 4, progress_interval_seconds)``, and always before a write that
+follows a longer pause.
 
 A graceful stop (:meth:`Backfill.request_stop`) lets each worker finish the batch it is
 writing, then hands its chunk back; nothing is cancelled mid-transaction. Run returns
