@@ -15,8 +15,15 @@ class BackfillConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     chunk_bytes: int = 32 * 1024 * 1024
     """Target bytes per chunk; whichever target gives more chunks wins."""
     max_chunks_per_collection: int = 4096
-    batch_size: int = 2_000
-    """Documents per ``find``/``getMore`` batch and per sink batch."""
+    batch_size: int = 10_000
+    """Documents per sink batch (one transaction), and at most per ``find``/``getMore``
+    batch."""
+    read_batch_documents: int = 4_000
+    """Documents per ``find``/``getMore`` batch (several MB for KB-sized documents; the
+    server caps a batch at 16 MB)."""
+    batch_bytes: int = 32 * 1024 * 1024
+    """Raw BSON bytes per sink batch at most (a single larger read batch still goes
+    whole)."""
     samples_per_chunk: int = 10
     """``$sample`` documents drawn per planned chunk to choose split points."""
     throttle_docs_per_second: float = 0.0

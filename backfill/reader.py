@@ -4,9 +4,10 @@ Mechanism: the read runs in one session. First a tiny majority read (a point loo
 of an ``_id`` nobody uses) fixes the label: its ``operationTime`` is a majority-committed
 cluster time no later than the snapshot of the ``find`` that follows, so every change
 after the label wins over the copied content (DESIGN §3.2); the label is never below the
-stream's start time. Then ``find`` on the chunk's range (sorted by ``_id``, hinted to ``_id_``, read
-concern majority) is consumed as raw batches (``find_raw_batches``): each batch is one
-``bytes`` of concatenated documents, split here without decoding values; the ``_id`` of
+stream's start time. Then ``find``/``getMore`` on the chunk's range (sorted by ``_id``,
+hinted to ``_id_``, read concern majority) are sent as commands whose replies stay
+bytes: each batch's documents are sliced out of the reply without decoding values
+(:func:`cursor_batch`); the ``_id`` of
 each document is sliced out of its first element (MongoDB keeps ``_id`` first), falling
 back to a decode only when it is not.
 """
@@ -17,15 +18,22 @@ import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import bson
+from bson.codec_options import CodecOptions
+from bson.int64 import Int64
+from bson.raw_bson import RawBSONDocument
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.errors import PyMongoError
 from pymongo.read_concern import ReadConcern
 
 from backfill.bsonorder import Bracket, bracket, range_filter
 from cdc.types import ClusterTime, Namespace
 
 _INT32 = struct.Struct("<i")
+_INT64 = struct.Struct("<q")
+_RAW: CodecOptions[RawBSONDocument] = CodecOptions(document_class=RawBSONDocument)
 _LABEL_PROBE = "\x00mongo2pg-read-label"
 _ID_NAME = b"_id\x00"
 # Value sizes of fixed-width BSON element types.
@@ -52,10 +60,18 @@ def _value_size(raw: bytes, type_byte: int, pos: int) -> int:
     raise ValueError(f"unknown BSON element type {type_byte:#x}")
 
 
+# Fixed-width id types: the BSON prefix of {"_id": value} (size, type, name) and the width.
+_FIXED_ID_PREFIX = {t: (_INT32.pack(10 + w) + bytes((t,)) + _ID_NAME, w)
+                    for t, w in _FIXED.items()}
+
+
 def id_document(raw: bytes) -> bytes:
     """BSON ``{"_id": value}`` of a raw document, the id keeping its original type."""
     type_byte = raw[4]
     if raw[5:9] == _ID_NAME:
+        fixed = _FIXED_ID_PREFIX.get(type_byte)
+        if fixed is not None:  # ints, ObjectIds, dates…: no size to read
+            return fixed[0] + raw[9:9 + fixed[1]] + b"\x00"
         size = _value_size(raw, type_byte, 9)
         element = raw[4 : 9 + size]
         return _INT32.pack(4 + len(element) + 1) + element + b"\x00"
@@ -85,12 +101,27 @@ async def id_brackets(client: AsyncMongoClient[Any], namespace: Namespace
     return bracket(lo["_id"]), bracket(hi["_id"])
 
 
+Span = tuple[Bracket, Bracket] | None
+
+
 async def chunk_filter(client: AsyncMongoClient[Any], namespace: Namespace,
-                       lower: Any | None, upper: Any | None) -> dict[str, Any] | None:
-    """The ``find`` filter of ``[lower, upper)``; None when nothing can match (empty)."""
+                       lower: Any | None, upper: Any | None,
+                       spans: dict[Namespace, Span] | None = None) -> dict[str, Any] | None:
+    """The ``find`` filter of ``[lower, upper)``; None when nothing can match (empty).
+
+    ``spans`` caches :func:`id_brackets` per namespace for the caller's run. That is
+    safe once the change stream is open: a document of a bracket outside a cached span
+    was inserted after the span was read, so after the stream started, and the stream
+    carries it. (On the sandbox, the descending lookup decodes the whole collection.)
+    """
     if lower is not None and upper is not None and bracket(lower) == bracket(upper):
         return range_filter(lower, upper)
-    span = await id_brackets(client, namespace)
+    if spans is not None and namespace in spans:
+        span = spans[namespace]
+    else:
+        span = await id_brackets(client, namespace)
+        if spans is not None:
+            spans[namespace] = span
     if span is None:
         return None
     return range_filter(lower, upper, lowest=span[0], highest=span[1])
@@ -109,18 +140,85 @@ async def read_label(client: AsyncMongoClient[Any], namespace: Namespace,
     return max(ClusterTime.from_bson(ts), floor)
 
 
+def cursor_batch(reply: bytes) -> tuple[int, list[bytes]]:
+    """``(cursor id, raw documents)`` of a ``find``/``getMore`` reply, read from its bytes.
+
+    Walks the reply's ``cursor`` element for ``id`` and ``firstBatch``/``nextBatch``;
+    each batch entry is sliced out as it is (no value is decoded).
+    """
+    cursor_id = 0
+    docs: list[bytes] = []
+    pos, end = 4, len(reply) - 1
+    while pos < end:  # top-level elements: find "cursor"
+        type_byte = reply[pos]
+        name_end = reply.index(b"\x00", pos + 1)
+        name = reply[pos + 1:name_end]
+        pos = name_end + 1
+        if name == b"cursor" and type_byte == 0x03:
+            break
+        pos += _value_size(reply, type_byte, pos)
+    else:
+        raise ValueError("reply without a cursor")
+    (size,) = _INT32.unpack_from(reply, pos)
+    pos, end = pos + 4, pos + size - 1
+    while pos < end:  # cursor elements: id, ns, firstBatch/nextBatch, ...
+        type_byte = reply[pos]
+        name_end = reply.index(b"\x00", pos + 1)
+        name = reply[pos + 1:name_end]
+        pos = name_end + 1
+        if type_byte == 0x12 and name == b"id":
+            (cursor_id,) = _INT64.unpack_from(reply, pos)
+        elif type_byte == 0x04 and name in (b"firstBatch", b"nextBatch"):
+            (array_size,) = _INT32.unpack_from(reply, pos)
+            at, array_end = pos + 4, pos + array_size - 1
+            while at < array_end:  # entries: type 0x03, index name, document
+                at = reply.index(b"\x00", at + 1) + 1
+                (doc_size,) = _INT32.unpack_from(reply, at)
+                docs.append(reply[at:at + doc_size])
+                at += doc_size
+        pos += _value_size(reply, type_byte, pos)
+    return int(cursor_id), docs
+
+
+def _bytes(reply: RawBSONDocument) -> bytes:
+    raw = reply.raw
+    return raw if isinstance(raw, bytes) else bytes(raw)
+
+
 async def read_batches(client: AsyncMongoClient[Any], namespace: Namespace,
                        filter_: dict[str, Any], *, batch_size: int,
                        session: AsyncClientSession) -> AsyncIterator[list[bytes]]:
-    """The raw documents of the range, one list per server batch, in ``_id`` order."""
-    coll = client[namespace.db].get_collection(
-        namespace.coll, read_concern=ReadConcern("majority"))
-    cursor = coll.find_raw_batches(filter_, sort=[("_id", ASCENDING)], hint=[("_id", 1)],
-                                   batch_size=batch_size, session=session)
+    """The raw documents of the range, one list per server batch, in ``_id`` order.
+
+    ``find``/``getMore`` are sent as commands and their replies kept as bytes
+    (:func:`cursor_batch`): pymongo's raw-batch cursor re-assembles each batch through
+    a partial decode, about half of the client's read cost. A cursor left open (the
+    caller stopped early, or failed) is killed.
+    """
+    db = client.get_database(namespace.db, codec_options=_RAW)
+    reply = await db.command(
+        {"find": namespace.coll, "filter": filter_, "sort": {"_id": 1},
+         "hint": {"_id": 1}, "batchSize": batch_size,
+         "readConcern": {"level": "majority"}},
+        session=session, codec_options=_RAW)
+    cursor_id, docs = cursor_batch(_bytes(reply))
     try:
-        async for raw in cursor:
-            docs = split_documents(raw)
+        while True:
             if docs:
                 yield docs
+            if not cursor_id:
+                return
+            reply = await db.command(
+                {"getMore": Int64(cursor_id), "collection": namespace.coll,
+                 "batchSize": batch_size},
+                session=session, codec_options=_RAW)
+            cursor_id, docs = cursor_batch(_bytes(reply))
     finally:
-        await cursor.close()
+        if cursor_id:
+            # Also when the caller cancels the read (a stop): the server frees the cursor.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                try:
+                    await db.command({"killCursors": namespace.coll,
+                                      "cursors": [Int64(cursor_id)]}, session=session)
+                except PyMongoError:
+                    pass  # the server times the cursor out on its own

@@ -4,12 +4,17 @@ Mechanism: :meth:`Backfill.run` plans each namespace once (shared control schema
 :mod:`backfill.chunks`), then runs ``workers`` tasks in one anyio task group; each holds
 a slot of a :class:`anyio.CapacityLimiter` (adjustable at run time) while it copies a
 chunk. Copying a chunk: claim it, fix the read label (:func:`backfill.reader.read_label`,
-never below the stream's start time), read its range in raw batches and hand each batch
-to the sink as :class:`cdc.batch.Change` upserts of origin ``BACKFILL`` carrying the
-label as version. The last batch carries ``chunk_id`` so the sink marks the chunk done
-in the transaction that writes its last rows: a crash at any point leaves the chunk
-either done with all its rows, or claimable again. The reader keeps one batch ahead of
-the writer, so the sink knows which batch is the last.
+never below the stream's start time), read its range in raw batches and hand them to
+the sink as :class:`cdc.batch.Change` upserts of origin ``BACKFILL`` carrying the label
+as version. A reader task fetches the next ``getMore`` batches (a bounded memory object
+stream, ``READ_AHEAD`` batches) while the writer groups read batches into sink batches
+of about ``batch_size`` documents; a group is written once the next read batch arrived
+(or the read ended), so the last group is known and carries ``chunk_id``: the sink marks
+the chunk done in the transaction that writes its last rows, and a failed read is raised
+before that write. A crash at any point leaves the chunk either done with all its rows,
+or claimable again. The lease is renewed (with progress) at most every
+``min(lease_seconds / 4, progress_interval_seconds)``, and always before a write that
+follows a longer pause.
 
 A graceful stop (:meth:`Backfill.request_stop`) lets each worker finish the batch it is
 writing, then hands its chunk back; nothing is cancelled mid-transaction. Run returns
@@ -28,13 +33,15 @@ from typing import Any, Protocol
 
 import anyio
 import bson
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.client_session import AsyncClientSession
 
 from backfill.chunks import ChunkRecord, ChunkStore
 from backfill.config import BackfillConfig
 from backfill.planner import plan_collection
 from backfill.progress import BYTES, DOCUMENTS, ProgressTracker, export, render_line
-from backfill.reader import chunk_filter, id_document, read_batches, read_label
+from backfill.reader import Span, chunk_filter, id_document, read_batches, read_label
 from backfill.throttle import Throttle
 from cdc.batch import Batch, Change, Op, Origin
 from cdc.errors import InvariantError, is_retriable
@@ -42,12 +49,24 @@ from cdc.types import ClusterTime, Namespace
 
 log = logging.getLogger("mongo2pg.backfill")
 MAX_WORKERS = 16
+READ_AHEAD = 2
+"""Read batches a worker's reader may hold ready while its writer writes."""
 
 
 class SinkLike(Protocol):
     """What the backfill needs of the sink: apply one batch atomically."""
 
     async def apply(self, batch: Batch) -> Any: ...
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that failed a reader/writer pair (not the cancellation it caused)."""
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend([exc] if not isinstance(exc, BaseExceptionGroup) else
+                      [_first_leaf(exc)])
+    cancelled = anyio.get_cancelled_exc_class()
+    return next((e for e in leaves if not isinstance(e, cancelled)), leaves[0])
 
 
 def default_owner() -> str:
@@ -86,6 +105,9 @@ class Backfill:
         self.copied_documents = 0
         self.copied_chunks = 0
         self._stop = anyio.Event()
+        # Brackets of the smallest and largest _id per namespace, read once per run
+        # (always after the change stream opened; see reader.chunk_filter).
+        self._spans: dict[Namespace, Span] = {}
 
     # -- control ---------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -113,12 +135,15 @@ class Backfill:
     async def rebackfill(self, namespaces: Sequence[Namespace]) -> None:
         """Copy ``namespaces`` again from scratch (their chunks are re-planned)."""
         await self.store.reset(namespaces)
+        for ns in namespaces:
+            self._spans.pop(ns, None)
         await self.plan(namespaces)
 
     # -- running ---------------------------------------------------------------------
     async def run(self, namespaces: Sequence[Namespace],
                   progress_line: Callable[[str], None] | None = None) -> bool:
         """Plan, copy until every chunk is done (True) or a stop was requested (False)."""
+        self._spans.clear()
         await self.plan(namespaces)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._report_loop, progress_line)
@@ -165,33 +190,85 @@ class Backfill:
     async def copy_chunk(self, chunk: ChunkRecord) -> bool:
         """Copy one claimed chunk; True when it was completed (marked done)."""
         ns = chunk.namespace
-        filter_ = await chunk_filter(self.client, ns, chunk.lower, chunk.upper)
-        docs = nbytes = 0
+        filter_ = await chunk_filter(self.client, ns, chunk.lower, chunk.upper, self._spans)
         async with self.client.start_session(causal_consistency=False) as session:
             label = await read_label(self.client, ns, session, self.stream_start)
             await self.store.renew(chunk.id, docs=0, nbytes=0, read_started=label.packed)
-            pending: list[bytes] = []
-            if filter_ is not None:
+            if filter_ is None:
+                return await self._finish(chunk, [], label, 0, 0)
+            send, receive = anyio.create_memory_object_stream[list[bytes]](READ_AHEAD)
+            failed: list[Exception] = []
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._read_chunk, ns, filter_, session, send, failed)
+                    with receive:
+                        done = await self._write_chunk(chunk, label, receive, failed)
+                    tg.cancel_scope.cancel()  # stopped early: the reader is not needed
+            except BaseExceptionGroup as group:
+                raise _first_leaf(group) from None
+        return done
+
+    async def _read_chunk(self, ns: Namespace, filter_: dict[str, Any],
+                          session: AsyncClientSession,
+                          send: MemoryObjectSendStream[list[bytes]],
+                          failed: list[Exception]) -> None:
+        """The reader task: raw batches of the chunk, in order, until its end. A read
+        error ends the stream and is left in ``failed`` for the writer, so a sink
+        transaction is never cancelled midway by a failed read."""
+        cfg = self.config
+        with send:
+            try:
                 async for batch in read_batches(self.client, ns, filter_,
-                                                batch_size=self.config.batch_size,
+                                                batch_size=min(cfg.batch_size,
+                                                               cfg.read_batch_documents),
                                                 session=session):
-                    if pending:
-                        if self.stopping:
-                            await self.store.release(chunk.id)
-                            return False
-                        docs += len(pending)
-                        nbytes += sum(len(d) for d in pending)
-                        if not await self.store.renew(chunk.id, docs=docs, nbytes=nbytes):
-                            log.warning("lost the lease of a chunk; another worker copies it",
-                                        extra={"fields": {"chunk": chunk.id}})
-                            return False
-                        await self._write(ns, pending, label, None)
-                    pending = batch
-        docs += len(pending)
-        nbytes += sum(len(d) for d in pending)
+                    await send.send(batch)
+            except Exception as exc:
+                failed.append(exc)
+
+    async def _write_chunk(self, chunk: ChunkRecord, label: ClusterTime,
+                           receive: MemoryObjectReceiveStream[list[bytes]],
+                           failed: list[Exception]) -> bool:
+        """The writer: sink batches of about ``batch_size`` documents (``batch_bytes`` at
+        most, unless one read batch is larger). A group is written once the next read
+        batch has arrived, so the last one is known and carries the chunk id."""
+        cfg = self.config
+        ns = chunk.namespace
+        docs = nbytes = 0
+        group: list[bytes] = []
+        group_bytes = 0
+        renew_every = min(cfg.lease_seconds / 4, cfg.progress_interval_seconds)
+        renewed = time.monotonic()
+        async for batch in receive:
+            size = sum(len(d) for d in batch)
+            if group and (len(group) >= cfg.batch_size
+                          or group_bytes + size > cfg.batch_bytes):
+                if self.stopping:
+                    await self.store.release(chunk.id)
+                    return False
+                docs += len(group)
+                nbytes += group_bytes
+                if time.monotonic() - renewed >= renew_every:
+                    if not await self.store.renew(chunk.id, docs=docs, nbytes=nbytes):
+                        log.warning("lost the lease of a chunk; another worker copies it",
+                                    extra={"fields": {"chunk": chunk.id}})
+                        return False
+                    renewed = time.monotonic()
+                await self._write(ns, group, label, None, group_bytes)
+                group, group_bytes = [], 0
+            group.extend(batch)
+            group_bytes += size
+        if failed:  # the read ended early: the chunk is not complete
+            raise failed[0]
+        return await self._finish(chunk, group, label, docs + len(group),
+                                  nbytes + group_bytes)
+
+    async def _finish(self, chunk: ChunkRecord, last: list[bytes], label: ClusterTime,
+                      docs: int, nbytes: int) -> bool:
+        """Write the chunk's last rows in the transaction that marks it done."""
         await self.store.renew(chunk.id, docs=docs, nbytes=nbytes)
         try:
-            await self._write(ns, pending, label, chunk.id)
+            await self._write(chunk.namespace, last, label, chunk.id)
         except InvariantError:
             if await self.store.exists(chunk.id):
                 raise
@@ -202,17 +279,18 @@ class Backfill:
         return True
 
     async def _write(self, ns: Namespace, docs: list[bytes], label: ClusterTime,
-                     chunk_id: int | None) -> None:
+                     chunk_id: int | None, nbytes: int | None = None) -> None:
         if docs:
             await self.throttle.acquire(len(docs))
-        version = label.packed
-        changes = [Change(ns, id_document(d), version, Op.UPSERT, d, Origin.BACKFILL)
-                   for d in docs]
+        # Enum members bound once: an attribute lookup on an Enum class costs about as
+        # much as building the Change itself.
+        version, upsert, origin = label.packed, Op.UPSERT, Origin.BACKFILL
+        changes = [Change(ns, id_document(d), version, upsert, d, origin) for d in docs]
         await self.sink.apply(Batch(changes, chunk_id=chunk_id))
         if docs:
             self.copied_documents += len(docs)
             DOCUMENTS.labels(str(ns)).inc(len(docs))
-            BYTES.labels(str(ns)).inc(sum(len(d) for d in docs))
+            BYTES.labels(str(ns)).inc(sum(len(d) for d in docs) if nbytes is None else nbytes)
 
     # -- targeted copies -------------------------------------------------------------
     async def copy_ids(self, namespace: Namespace, ids: Sequence[Any]) -> int:

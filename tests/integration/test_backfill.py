@@ -8,9 +8,12 @@ from typing import Any
 
 import anyio
 import pytest
+from bson.codec_options import CodecOptions
 from bson.int64 import Int64
 from bson.objectid import ObjectId
+from bson.raw_bson import RawBSONDocument
 from pymongo import AsyncMongoClient
+from pymongo.errors import AutoReconnect
 
 from backfill.config import BackfillConfig
 from backfill.worker import expand_namespaces
@@ -169,3 +172,73 @@ async def test_targeted_rebackfill_of_ids_and_of_a_namespace_repairs_the_target(
     finally:
         await client.close()
 
+
+
+async def test_backfill_never_marks_a_chunk_done_when_its_read_failed_midway(
+    mongo_uri: str, pg_dsn: str
+) -> None:
+    db = fresh_db()
+    ns = Namespace(db, "c")
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+    try:
+        await client[db]["c"].insert_many([{"_id": i, "v": i} for i in range(30)])
+        async with pipeline(mongo_uri, pg_dsn, [f"{db}.c"]) as p:
+            config = BackfillConfig(workers=1, chunk_documents=1000, batch_size=10,
+                                    read_batch_documents=10)
+            bf = p.backfill(config)
+            await bf.plan([ns])
+            chunk = await p.store.claim([ns])
+            assert chunk is not None
+            raw = [doc.raw async for doc in client[db].get_collection(
+                "c", codec_options=CodecOptions(document_class=RawBSONDocument)).find()]
+            # The reader delivered two batches, then its read failed (the seam of the
+            # reader task): the writer must not write the rest as the chunk's last rows.
+            send, receive = anyio.create_memory_object_stream[list[bytes]](4)
+            await send.send(raw[:10])
+            await send.send(raw[10:20])
+            send.close()
+            with receive, pytest.raises(AutoReconnect):
+                await bf._write_chunk(chunk, p.start, receive,
+                                      [AutoReconnect("connection lost midway")])
+        rows = chunk_rows(pg_dsn)
+        assert "done" not in [r[2] for r in rows]
+        assert [r[2] for r in rows if r[1] == chunk.seq] == ["running"]
+        # Then a fresh claim copies it whole.
+        async with pipeline(mongo_uri, pg_dsn, [f"{db}.c"]) as p:
+            store = p.store
+            await store.release(chunk.id)  # same owner name: hand it back
+            assert await p.backfill(config).run([ns]) is True
+        assert {r[2] for r in chunk_rows(pg_dsn)} == {"done"}
+        assert compare(mongo_uri, pg_dsn, [ns]).mismatches == 0
+    finally:
+        await client.close()
+
+
+async def test_backfill_groups_read_batches_into_sink_batches_and_only_the_last_marks_done(
+    mongo_uri: str, pg_dsn: str
+) -> None:
+    db = fresh_db()
+    ns = Namespace(db, "c")
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+    applied: list[tuple[int, int | None]] = []
+
+    async def record(batch: Batch) -> None:
+        applied.append((len(batch.changes), batch.chunk_id))
+
+    try:
+        await client[db]["c"].insert_many([{"_id": i, "v": i} for i in range(65)])
+        async with pipeline(mongo_uri, pg_dsn, [f"{db}.c"]) as p:
+            config = BackfillConfig(workers=1, chunk_documents=1000, batch_size=40,
+                                    read_batch_documents=10)
+            bf = p.backfill(config, sink=HookedSink(p.sink, record))
+            await bf.plan([ns])
+            chunk = await p.store.claim([ns])
+            assert chunk is not None and chunk.lower is None and chunk.upper is None
+            assert await bf.copy_chunk(chunk) is True
+        # Reads of 10 documents, written in groups of at least 40 (whole read batches);
+        # the rest goes with the chunk id once the reader reported the end.
+        assert applied == [(40, None), (25, chunk.id)]
+        assert [r[2] for r in chunk_rows(pg_dsn)] == ["done"]
+        assert compare(mongo_uri, pg_dsn, [ns]).mismatches == 0
+    finally:
+        await client.close()

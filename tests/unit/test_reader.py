@@ -14,10 +14,11 @@ from bson.int64 import Int64
 from bson.max_key import MaxKey
 from bson.min_key import MinKey
 from bson.objectid import ObjectId
+from bson.raw_bson import RawBSONDocument
 from bson.regex import Regex
 from bson.timestamp import Timestamp
 
-from backfill.reader import id_document, split_documents
+from backfill.reader import cursor_batch, id_document, split_documents
 
 IDS: list[Any] = [
     1, Int64(2), 2.5, Decimal128("3.14"), "text", "", "é✓", ObjectId(), True, None,
@@ -41,3 +42,21 @@ def test_split_documents_returns_each_document_of_a_batch() -> None:
     docs = [bson.encode({"_id": i, "pad": "x" * i}) for i in range(50)]
     assert split_documents(b"".join(docs)) == docs
     assert split_documents(b"") == []
+
+
+def test_cursor_batch_slices_each_document_and_the_cursor_id_out_of_a_reply() -> None:
+    docs: list[dict[str, Any]] = [{"_id": 1, "a": {"b": [1, 2]}}, {"x": "y", "_id": "late"},
+                                  {"_id": 3.5}]
+    raw = [bson.encode(d) for d in docs]
+    for key, cursor_id in (("firstBatch", 7), ("nextBatch", 0)):
+        reply = bson.encode({
+            "cursor": {"id": Int64(cursor_id), "ns": "db.c",
+                       key: [RawBSONDocument(r) for r in raw],
+                       "postBatchResumeToken": {"_data": "00"}},
+            "ok": 1.0, "operationTime": Timestamp(5, 1)})
+        assert cursor_batch(reply) == (cursor_id, raw)
+
+
+def test_cursor_batch_of_an_empty_batch_has_no_documents() -> None:
+    reply = bson.encode({"ok": 1.0, "cursor": {"nextBatch": [], "id": Int64(0), "ns": "d.c"}})
+    assert cursor_batch(reply) == (0, [])
