@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import bson
 from bson.codec_options import CodecOptions
 from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
@@ -29,6 +28,7 @@ from pymongo.errors import PyMongoError
 from pymongo.read_concern import ReadConcern
 
 from backfill.bsonorder import Bracket, bracket, range_filter
+from cdc.mapping.keys import bson_value_size
 from cdc.types import ClusterTime, Namespace
 
 _INT32 = struct.Struct("<i")
@@ -36,48 +36,6 @@ _INT64 = struct.Struct("<q")
 _RAW: CodecOptions[RawBSONDocument] = CodecOptions(document_class=RawBSONDocument)
 _LABEL_PROBE = "\x00mongo2pg-read-label"
 _ID_NAME = b"_id\x00"
-# Value sizes of fixed-width BSON element types.
-_FIXED = {0x01: 8, 0x06: 0, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8,
-          0x12: 8, 0x13: 16, 0xFF: 0, 0x7F: 0}
-_LENGTH_PREFIXED_STRING = {0x02, 0x0D, 0x0E}
-_LENGTH_PREFIXED_DOC = {0x03, 0x04, 0x0F}
-
-
-def _value_size(raw: bytes, type_byte: int, pos: int) -> int:
-    if type_byte in _FIXED:
-        return _FIXED[type_byte]
-    if type_byte in _LENGTH_PREFIXED_STRING:
-        return 4 + int(_INT32.unpack_from(raw, pos)[0])
-    if type_byte in _LENGTH_PREFIXED_DOC:
-        return int(_INT32.unpack_from(raw, pos)[0])
-    if type_byte == 0x05:  # binary: length, subtype, data
-        return 5 + int(_INT32.unpack_from(raw, pos)[0])
-    if type_byte == 0x0B:  # regex: two cstrings
-        end = raw.index(b"\x00", raw.index(b"\x00", pos) + 1)
-        return end + 1 - pos
-    if type_byte == 0x0C:  # DBPointer: string + ObjectId
-        return 4 + int(_INT32.unpack_from(raw, pos)[0]) + 12
-    raise ValueError(f"unknown BSON element type {type_byte:#x}")
-
-
-# Fixed-width id types: the BSON prefix of {"_id": value} (size, type, name) and the width.
-_FIXED_ID_PREFIX = {t: (_INT32.pack(10 + w) + bytes((t,)) + _ID_NAME, w)
-                    for t, w in _FIXED.items()}
-
-
-def id_document(raw: bytes) -> bytes:
-    """BSON ``{"_id": value}`` of a raw document, the id keeping its original type."""
-    type_byte = raw[4]
-    if raw[5:9] == _ID_NAME:
-        fixed = _FIXED_ID_PREFIX.get(type_byte)
-        if fixed is not None:  # ints, ObjectIds, dates…: no size to read
-            return fixed[0] + raw[9:9 + fixed[1]] + b"\x00"
-        size = _value_size(raw, type_byte, 9)
-        element = raw[4 : 9 + size]
-        return _INT32.pack(4 + len(element) + 1) + element + b"\x00"
-    return bson.encode({"_id": bson.decode(raw)["_id"]})
-
-
 def split_documents(batch: bytes) -> list[bytes]:
     """The documents of a raw batch (concatenated BSON documents)."""
     docs: list[bytes] = []
@@ -156,7 +114,7 @@ def cursor_batch(reply: bytes) -> tuple[int, list[bytes]]:
         pos = name_end + 1
         if name == b"cursor" and type_byte == 0x03:
             break
-        pos += _value_size(reply, type_byte, pos)
+        pos += bson_value_size(reply, pos, type_byte)
     else:
         raise ValueError("reply without a cursor")
     (size,) = _INT32.unpack_from(reply, pos)
@@ -176,7 +134,7 @@ def cursor_batch(reply: bytes) -> tuple[int, list[bytes]]:
                 (doc_size,) = _INT32.unpack_from(reply, at)
                 docs.append(reply[at:at + doc_size])
                 at += doc_size
-        pos += _value_size(reply, type_byte, pos)
+        pos += bson_value_size(reply, pos, type_byte)
     return int(cursor_id), docs
 
 

@@ -41,10 +41,11 @@ from backfill.chunks import ChunkRecord, ChunkStore
 from backfill.config import BackfillConfig
 from backfill.planner import plan_collection
 from backfill.progress import BYTES, DOCUMENTS, ProgressTracker, export, render_line
-from backfill.reader import Span, chunk_filter, id_document, read_batches, read_label
+from backfill.reader import Span, chunk_filter, read_batches, read_label
 from backfill.throttle import Throttle
 from cdc.batch import Batch, Change, Op, Origin
 from cdc.errors import InvariantError, is_retriable
+from cdc.mapping.keys import id_bson_from_raw
 from cdc.types import ClusterTime, Namespace
 
 log = logging.getLogger("mongo2pg.backfill")
@@ -285,7 +286,7 @@ class Backfill:
         # Enum members bound once: an attribute lookup on an Enum class costs about as
         # much as building the Change itself.
         version, upsert, origin = label.packed, Op.UPSERT, Origin.BACKFILL
-        changes = [Change(ns, id_document(d), version, upsert, d, origin) for d in docs]
+        changes = [Change(ns, id_bson_from_raw(d), version, upsert, d, origin) for d in docs]
         await self.sink.apply(Batch(changes, chunk_id=chunk_id))
         if docs:
             self.copied_documents += len(docs)
@@ -305,7 +306,7 @@ class Backfill:
                 async for batch in read_batches(self.client, namespace, {"_id": {"$in": part}},
                                                 batch_size=self.config.batch_size,
                                                 session=session):
-                    seen.update(id_document(d) for d in batch)
+                    seen.update(id_bson_from_raw(d) for d in batch)
                     found += len(batch)
                     await self._write(namespace, batch, label, None)
             missing = [bson.encode({"_id": v}) for v in ids]

@@ -272,7 +272,7 @@ _FIXED_SIZES = {
 _INT32 = struct.Struct("<i")
 
 
-def _value_size(raw: bytes, pos: int, btype: int) -> int:
+def bson_value_size(raw: bytes, pos: int, btype: int) -> int:
     """Size in bytes of the value of type ``btype`` starting at ``raw[pos]``."""
     fixed = _FIXED_SIZES.get(btype)
     if fixed is not None:
@@ -304,7 +304,7 @@ def id_bson_from_raw(raw: bytes) -> bytes:
         while pos < end:
             btype = raw[pos]
             name_end = raw.index(b"\x00", pos + 1)
-            size = _value_size(raw, name_end + 1, btype)
+            size = bson_value_size(raw, name_end + 1, btype)
             if raw[pos + 1 : name_end] == b"_id":
                 element = raw[pos : name_end + 1 + size]
                 return struct.pack("<i", len(element) + 5) + element + b"\x00"

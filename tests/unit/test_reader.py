@@ -18,7 +18,8 @@ from bson.raw_bson import RawBSONDocument
 from bson.regex import Regex
 from bson.timestamp import Timestamp
 
-from backfill.reader import cursor_batch, id_document, split_documents
+from backfill.reader import cursor_batch, split_documents
+from cdc.mapping.keys import id_bson_from_raw as id_document
 
 IDS: list[Any] = [
     1, Int64(2), 2.5, Decimal128("3.14"), "text", "", "é✓", ObjectId(), True, None,
