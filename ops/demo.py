@@ -285,10 +285,16 @@ progress = "off"
         assert last is not None
         print(f"writer stopped after {writer.ops:,} operations; waiting for catch-up")
         deadline = time.monotonic() + 120
+        caught_up_at: float | None = None
         while True:
             m = scrape(port)
             if _checkpoint(dsn) >= last.packed and _phase(m) == "in_sync":
-                break
+                caught_up_at = caught_up_at or time.monotonic()
+                # The lag gauge is refreshed on its own schedule: give it a few seconds
+                # to show the idle source (0 s), then report whatever it reads.
+                lag = _sum(m, "mongo2pg_stream_lag_seconds")
+                if lag == 0 or time.monotonic() - caught_up_at > 5:
+                    break
             if time.monotonic() > deadline:
                 raise SystemExit("daemon did not catch up within 120 s")
             time.sleep(0.5)
