@@ -203,7 +203,14 @@ class Tailer:
         count = await self._consume(reply, requested)
         if self._acc.due(time.monotonic()):
             if self._cursor is not None and self._cursor.alive:
-                await self._flush_and_prefetch(self._cursor)
+                # After a short reply the server had nothing more queued: the prefetch
+                # only picks up what arrives during the apply and does not hold the step
+                # open for ``max_await_ms`` once the batch is committed. After a full
+                # reply more is queued (it returns at once); after an empty one the
+                # stream is idle and the next step may as well wait there.
+                short = 0 < count < requested
+                await self._flush_and_prefetch(
+                    self._cursor, 1 if short else self._config.max_await_ms)
             else:
                 await self._flush()
         if time.monotonic() - self._lag_at >= self._config.lag_interval_ms / 1000:
@@ -211,12 +218,12 @@ class Tailer:
             await self.lag_seconds()
         return count
 
-    async def _flush_and_prefetch(self, cursor: ChangeStreamCursor) -> None:
+    async def _flush_and_prefetch(self, cursor: ChangeStreamCursor, wait_ms: int) -> None:
         got: list[Reply | OperationFailure] = []
 
         async def prefetch() -> None:
             try:
-                got.append(await cursor.next_batch(self._config.max_await_ms))
+                got.append(await cursor.next_batch(wait_ms))
             except OperationFailure as exc:
                 if (exc.code or 0) not in TOO_LARGE_CODES:
                     raise
