@@ -73,6 +73,7 @@ from cdc.events import (
     Unknown,
     Update,
     decode_event,
+    decode_raw,
     id_document,
 )
 from cdc.refetch import current_document, fill_post_images
@@ -346,6 +347,12 @@ class Tailer:
     async def _consume(self, reply: Reply, requested: int) -> int:
         now = time.monotonic()
         for raw in reply.events:
+            data = raw.raw  # data events: envelope read from the bytes
+            fast = decode_raw(data) if isinstance(data, bytes) else None
+            if fast is not None:
+                self._assembler.reset()  # as feed() does for a whole event
+                self._acc.add(fast, now)
+                continue
             whole = self._assembler.feed(raw)
             if whole is None:
                 continue
