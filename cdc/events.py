@@ -5,6 +5,10 @@ reads only the envelope — ``operationType``, ``_id`` (the resume token), ``clu
 ``ns``, ``documentKey``, ``lsid``/``txnNumber`` — into a member of the tagged union
 :data:`ChangeEvent`; the document bodies (``fullDocument``) stay raw BSON bytes and are
 handed to the mapping untouched, so the hot path builds no Python object per field.
+The tailer's hot path goes one step further: :func:`decode_raw` walks the top-level
+elements of a data event's bytes (lengths only) and slices the envelope fields out, with
+no ``RawBSONDocument`` or dict at all; anything else (DDL, fragments, an unexpected
+type) it declines, and :func:`decode_event` judges it.
 
 * Data events: :class:`Insert`, :class:`Update`, :class:`Replace`, :class:`Delete`.
 * DDL events: :class:`Drop`, :class:`Rename`, :class:`DropDatabase`, :class:`Invalidate`.
@@ -26,6 +30,8 @@ rely on to date an empty batch: a ``_data`` KeyString starting with type byte ``
 from __future__ import annotations
 
 from collections.abc import Mapping
+from struct import Struct
+from struct import error as struct_error
 from typing import Any
 
 import bson
@@ -191,6 +197,110 @@ def decode_event(doc: Mapping[str, Any]) -> ChangeEvent:
     if op == "invalidate":
         return Invalidate(token=token, cluster_time=cluster_time, txn=txn)
     return Unknown(token=token, cluster_time=cluster_time, txn=txn, operation_type=str(op))
+
+
+_I32 = Struct("<i")
+_TS = Struct("<II")
+_Q64 = Struct("<q")
+_FIXED = {0x01: 8, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8, 0x12: 8,
+          0x13: 16, 0x06: 0, 0x7F: 0, 0xFF: 0}
+_SIZED = frozenset({0x02, 0x0D, 0x0E})  # int32 length + bytes (string-like)
+_DOCS = frozenset({0x03, 0x04, 0x0F})  # the int32 length counts itself
+_WANTED = frozenset({b"_id", b"operationType", b"clusterTime", b"ns", b"documentKey",
+                     b"fullDocument", b"lsid", b"txnNumber", b"splitEvent", b"to"})
+_DATA_OPS: dict[str, type[Insert | Update | Replace | Delete]] = {
+    "insert": Insert, "update": Update, "replace": Replace, "delete": Delete}
+_BODY_OPS: dict[type, type[Insert | Update | Replace]] = {
+    Insert: Insert, Update: Update, Replace: Replace}
+
+
+def decode_raw(raw: bytes) -> ChangeEvent | None:
+    """:func:`decode_event` for a data event given as BSON bytes, reading only the
+    envelope's bytes (no ``RawBSONDocument``, no dict of the top level). ``None`` when
+    the fast path does not apply — a fragment, a DDL or unknown event, or any field of
+    an unexpected BSON type — and the caller decodes it the general way."""
+    try:
+        return _decode_raw(raw)
+    except (struct_error, ValueError, IndexError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def _decode_raw(raw: bytes) -> ChangeEvent | None:
+    fields = _scan(raw)
+    if fields is None or b"splitEvent" in fields:
+        return None
+    op = fields.get(b"operationType")
+    if op is None or op[0] != 0x02:
+        return None
+    kind = _DATA_OPS.get(raw[op[1] + 4:op[2] - 1].decode())
+    token = fields.get(b"_id")
+    when = fields.get(b"clusterTime")
+    ns = fields.get(b"ns")
+    key = fields.get(b"documentKey")
+    if (kind is None or token is None or token[0] != 0x03 or when is None
+            or when[0] != 0x11 or ns is None or ns[0] != 0x03 or key is None
+            or key[0] != 0x03):
+        return None
+    inc, t = _TS.unpack_from(raw, when[1])
+    lsid = fields.get(b"lsid")
+    number = fields.get(b"txnNumber")
+    txn: TxnId | None = None
+    if lsid is not None and lsid[0] != 0x0A and number is not None and number[0] != 0x0A:
+        if lsid[0] != 0x03 or number[0] not in (0x10, 0x12):
+            return None
+        n = (_Q64 if number[0] == 0x12 else _I32).unpack_from(raw, number[1])[0]
+        txn = TxnId(raw[lsid[1]:lsid[2]], n)
+    ns_bytes = raw[ns[1]:ns[2]]
+    namespace = _NS_CACHE.get(ns_bytes)
+    if namespace is None:
+        namespace = _ns(RawBSONDocument(ns_bytes))
+    common: dict[str, Any] = {
+        "token": raw[token[1]:token[2]], "cluster_time": ClusterTime(t, inc), "txn": txn,
+        "ns": namespace, "document_key": raw[key[1]:key[2]]}
+    if kind is Delete:
+        return Delete(**common)
+    full = fields.get(b"fullDocument")
+    if full is None or full[0] == 0x0A:
+        body = None
+    elif full[0] == 0x03:
+        body = raw[full[1]:full[2]]
+    else:
+        return None
+    return _BODY_OPS[kind](**common, full_document=body)
+
+
+def _scan(raw: bytes) -> dict[bytes, tuple[int, int, int]] | None:
+    """(type, start, end) of the wanted top-level fields; ``None`` on anything odd."""
+    size = len(raw)
+    if size < 5 or _I32.unpack_from(raw, 0)[0] != size:
+        return None
+    found: dict[bytes, tuple[int, int, int]] = {}
+    pos = 4
+    end = size - 1
+    while pos < end:
+        kind = raw[pos]
+        zero = raw.find(b"\x00", pos + 1)
+        if zero < 0:
+            return None
+        name = raw[pos + 1:zero]
+        start = zero + 1
+        if kind in _DOCS:
+            stop = start + _I32.unpack_from(raw, start)[0]
+        elif kind in _SIZED:
+            stop = start + 4 + _I32.unpack_from(raw, start)[0]
+        elif kind == 0x05:
+            stop = start + 5 + _I32.unpack_from(raw, start)[0]
+        else:
+            width = _FIXED.get(kind)
+            if width is None:
+                return None
+            stop = start + width
+        if stop > end or (stop <= start and kind not in (0x0A, 0x06, 0x7F, 0xFF)):
+            return None
+        if name in _WANTED:
+            found[name] = (kind, start, stop)
+        pos = stop
+    return found if pos == end and raw[end] == 0 else None
 
 
 def id_document(document_key: bytes) -> bytes:

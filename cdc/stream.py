@@ -19,7 +19,10 @@ PostgreSQL through the sink, exactly once in effect:
    by ``_id`` where the document lives now, following a rename under ``follow``, and
    emits nothing only if the document is gone — :mod:`cdc.refetch`) and the sink commits
    the rows and the checkpoint in one transaction (DESIGN §3.3). The next ``getMore``
-   runs while a batch is applied, so reading and writing overlap.
+   runs while a batch is applied, so reading and writing overlap; replies hold at most
+   ``REPLY_EVENTS`` events and after a full one the next ``getMore`` also runs while it
+   is decoded (read-ahead). Only an idle stream waits ``max_await_ms`` in a step: once
+   a batch with events is committed, the step returns.
 4. **Faults.** One read+apply step is the unit of retry (:mod:`cdc.retry`): on a
    transient error the cursor is dropped and the next attempt reopens *from the last
    committed checkpoint*, after a jittered backoff; replays are harmless (§3.1).
@@ -47,6 +50,7 @@ import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
@@ -73,6 +77,7 @@ from cdc.events import (
     Unknown,
     Update,
     decode_event,
+    decode_raw,
     id_document,
 )
 from cdc.refetch import current_document, fill_post_images
@@ -90,6 +95,10 @@ from cdc.types import ZERO_TIME, ClusterTime, Namespace
 
 log = logging.getLogger("mongo2pg.stream")
 
+REPLY_EVENTS = 1000
+"""At most this many events per reply (batches of more span several replies)."""
+YIELD_EVERY = 256
+"""Events decoded between yields to the event loop (a read-ahead getMore runs then)."""
 TOO_LARGE_CODES = frozenset({10334, 17419})  # BSONObjectTooLarge, "too large to return"
 
 
@@ -124,6 +133,10 @@ class Tailer:
         self._prefetched: Reply | OperationFailure | None = None
         self._careful = 0
         """Events still to be read one per reply after an event too large to return."""
+        self._reading_ahead = False
+        self._drop_later = False
+        self._quick = False
+        """The prefetched reply was read without waiting for new events."""
 
     # ------------------------------------------------------------------ public
     @property
@@ -182,11 +195,13 @@ class Tailer:
         """
         await self._prepare()
         reply: Reply | OperationFailure
+        quick = False
         try:
             if self._cursor is None or not self._cursor.alive:
                 reply = await self._open()
             elif self._prefetched is not None:
                 reply, self._prefetched = self._prefetched, None
+                quick, self._quick = self._quick, False
             else:
                 reply = await self._cursor.next_batch(self._await_ms())
         except OperationFailure as exc:
@@ -200,10 +215,26 @@ class Tailer:
             self._careful = max(0, self._careful - 1) if reply.events else 0
             if not self._careful and self._cursor is not None:
                 self._cursor.batch_size = self._requested()
+        cursor = self._cursor
+        if (not self._careful and cursor is not None and cursor.alive
+                and len(reply.events) >= requested):
+            # A full reply: more is queued. The next getMore runs on the server while
+            # this reply is decoded (and applied, when the batch is due).
+            return await self._consume_ahead(reply, requested, cursor)
         count = await self._consume(reply, requested)
+        if quick and not count and not self._acc.settled and not self._acc.held:
+            # A quick read-ahead came back empty: the next step waits for events
+            # (max_await_ms) and commits the moved position with them or after it.
+            return 0
         if self._acc.due(time.monotonic()):
             if self._cursor is not None and self._cursor.alive:
-                await self._flush_and_prefetch(self._cursor)
+                # A batch with events: the prefetch only picks up what is queued or
+                # arrives during the apply, and does not hold the step open for
+                # ``max_await_ms`` once the batch is committed. A bare position advance
+                # (an idle stream): the next step may as well wait there.
+                carries = self._acc.settled > 0
+                await self._flush_and_prefetch(
+                    self._cursor, 1 if carries else self._config.max_await_ms)
             else:
                 await self._flush()
         if time.monotonic() - self._lag_at >= self._config.lag_interval_ms / 1000:
@@ -211,12 +242,56 @@ class Tailer:
             await self.lag_seconds()
         return count
 
-    async def _flush_and_prefetch(self, cursor: ChangeStreamCursor) -> None:
+    async def _consume_ahead(self, reply: Reply, requested: int,
+                             cursor: ChangeStreamCursor) -> int:
+        """Consume ``reply`` (and flush when due) while the next ``getMore`` is read.
+
+        A DDL event that needs the stream reopened only asks for it here; the cursor is
+        dropped once the in-flight ``getMore`` is back (its reply is then discarded)."""
         got: list[Reply | OperationFailure] = []
 
         async def prefetch() -> None:
             try:
-                got.append(await cursor.next_batch(self._config.max_await_ms))
+                got.append(await cursor.next_batch(1))  # more is queued: no wait
+            except OperationFailure as exc:
+                if (exc.code or 0) not in TOO_LARGE_CODES:
+                    raise
+                got.append(exc)
+
+        self._drop_later = False
+        self._reading_ahead = True
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(prefetch)
+                count = await self._consume(reply, requested)
+                if self._acc.due(time.monotonic()):
+                    await self._flush()
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        finally:
+            self._reading_ahead = False
+        self._prefetched = got[0] if got else None
+        self._quick = self._prefetched is not None
+        if self._drop_later:
+            await self._drop_cursor()
+        if time.monotonic() - self._lag_at >= self._config.lag_interval_ms / 1000:
+            self._lag_at = time.monotonic()
+            await self.lag_seconds()
+        return count
+
+    async def _end_cursor(self) -> None:
+        """Drop the cursor now, or after the in-flight read-ahead ``getMore``."""
+        if self._reading_ahead:
+            self._drop_later = True
+        else:
+            await self._drop_cursor()
+
+    async def _flush_and_prefetch(self, cursor: ChangeStreamCursor, wait_ms: int) -> None:
+        got: list[Reply | OperationFailure] = []
+
+        async def prefetch() -> None:
+            try:
+                got.append(await cursor.next_batch(wait_ms))
             except OperationFailure as exc:
                 if (exc.code or 0) not in TOO_LARGE_CODES:
                     raise
@@ -229,6 +304,7 @@ class Tailer:
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
         self._prefetched = got[0] if got else None
+        self._quick = self._prefetched is not None and wait_ms < self._config.max_await_ms
 
     async def close(self) -> None:
         """Close the server cursor (the tailer may be run again afterwards)."""
@@ -294,7 +370,9 @@ class Tailer:
             return reply
 
     def _requested(self) -> int:
-        return 1 if self._careful else self._config.batch_max_events
+        """Events asked for per reply: a batch may span several replies, so that the
+        server produces the next reply while this one is decoded."""
+        return 1 if self._careful else min(self._config.batch_max_events, REPLY_EVENTS)
 
     def _start_at(self) -> StartAt:
         """Where a (re)opened stream starts: the last committed position."""
@@ -306,6 +384,7 @@ class Tailer:
 
     async def _drop_cursor(self) -> None:
         self._prefetched = None
+        self._quick = False
         cursor, self._cursor = self._cursor, None
         if cursor is not None:
             with anyio.move_on_after(2):
@@ -338,7 +417,15 @@ class Tailer:
     # ------------------------------------------------------------------ batches
     async def _consume(self, reply: Reply, requested: int) -> int:
         now = time.monotonic()
-        for raw in reply.events:
+        for n, raw in enumerate(reply.events):
+            if n % YIELD_EVERY == YIELD_EVERY - 1:
+                await anyio.lowlevel.checkpoint()  # a read-ahead getMore goes out/comes back
+            data = raw.raw  # data events: envelope read from the bytes
+            fast = decode_raw(data) if isinstance(data, bytes) else None
+            if fast is not None:
+                self._assembler.reset()  # as feed() does for a whole event
+                self._acc.add(fast, now)
+                continue
             whole = self._assembler.feed(raw)
             if whole is None:
                 continue
@@ -355,11 +442,11 @@ class Tailer:
                 self._acc.close_group()
                 await self._flush()
                 self._start_after = event.token
-                await self._drop_cursor()
+                await self._end_cursor()
                 return len(reply.events)
             else:
                 if await self._ddl(event, now):
-                    await self._drop_cursor()  # reopen with the new name in the filter
+                    await self._end_cursor()  # reopen with the new name in the filter
                     return len(reply.events)
         self._acc.end_of_reply(
             count=len(reply.events), requested=requested,

@@ -1,0 +1,70 @@
+"""Read-ahead: the next getMore runs while a full reply is decoded and applied."""
+
+from __future__ import annotations
+
+import uuid
+
+import anyio
+
+from cdc.stream import StreamConfig, Tailer
+from tests.integration.test_stream import catch_up
+from tests.support.tailing import differences, mongo, open_sink, pg_connect
+
+
+def test_rename_inside_full_replies_drops_the_cursor_only_after_the_read_ahead(
+        mongo_uri: str, pg_dsn: str) -> None:
+    db = f"t{uuid.uuid4().hex[:10]}"
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        old = client[db]["old"]
+        async with open_sink(pg_dsn) as sink:
+            # Replies of 3 events: every reply is full while the backlog lasts, so each
+            # step reads ahead, and the rename lands in the middle of one.
+            config = StreamConfig(batch_max_events=3, batch_max_ms=50, max_await_ms=50,
+                                  ddl_default="follow")
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.old"], config=config)
+            await tailer.run_once()
+            for i in range(10):
+                await old.insert_one({"_id": i, "v": 0})
+            await old.rename("new")
+            new = client[db]["new"]
+            for i in range(10):
+                await new.update_one({"_id": i}, {"$set": {"v": i + 1}})
+            await new.delete_one({"_id": 4})
+            await new.insert_one({"_id": 10, "v": 10})
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+        conn = await pg_connect(pg_dsn)
+        try:
+            query = f'SELECT _id, doc->>\'v\' AS v FROM "{db}"."old" ORDER BY _id'  # noqa: S608
+            got = {r["_id"]: r["v"] for r in await conn.fetch(query)}
+        finally:
+            await conn.close()
+        want = {str(i): str(i + 1) for i in range(10) if i != 4} | {"10": "10"}
+        assert got == want
+        await client.close()
+
+    anyio.run(main)
+
+
+def test_a_backlog_larger_than_a_reply_converges_through_read_ahead_steps(
+        mongo_uri: str, pg_dsn: str) -> None:
+    db = f"t{uuid.uuid4().hex[:10]}"
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        coll = client[db]["c"]
+        async with open_sink(pg_dsn) as sink:
+            config = StreamConfig(batch_max_events=7, batch_max_ms=50, max_await_ms=50)
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.c"], config=config)
+            await tailer.run_once()
+            await coll.insert_many([{"_id": i, "n": i} for i in range(50)])
+            await coll.update_many({"_id": {"$lt": 20}}, {"$inc": {"n": 100}})
+            await coll.delete_many({"_id": {"$gte": 40}})
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+        assert await differences(client, pg_dsn, [f"{db}.c"]) == []
+        await client.close()
+
+    anyio.run(main)
