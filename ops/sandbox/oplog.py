@@ -5,8 +5,9 @@ increase: the increment counts up within a second and restarts at 1 when the wal
 clock moves on (never backwards). Each committed change is one :class:`Entry`; the
 entries of one transaction share the commit's timestamp and are told apart by their
 index in the transaction, so every entry has a unique position ``(t, i, index)`` and
-positions sort in commit order. The :class:`Oplog` keeps at most ``max_entries`` of them
-(dropping the oldest first) and remembers the position of the newest dropped entry —
+positions sort in commit order. The :class:`Oplog` keeps ``max_entries`` of them
+(dropping the oldest first; one of 4,096 entries or more may hold up to a sixteenth
+more before it trims) and remembers the position of the newest dropped entry —
 initially the moment the sandbox started — so a change stream asked to start before
 it has lost history (code 286). Appending
 wakes every waiting change-stream ``getMore`` through one event that is replaced after
@@ -100,7 +101,10 @@ class Oplog:
             self.entries.append(entry)
             self.positions.append(entry.pos)
         overflow = len(self.entries) - self.max_entries
-        if overflow > 0:
+        # Trimming moves the whole list: with one entry per write that is quadratic once
+        # the oplog is full, so a large oplog trims in steps of a sixteenth of its size
+        # (small ones, as tests use, stay exact).
+        if overflow > (self.max_entries // 16 if self.max_entries >= 4096 else 0):
             self.lost = self.positions[overflow - 1]
             del self.entries[:overflow]
             del self.positions[:overflow]
