@@ -101,6 +101,13 @@ def find(ctx: Ctx) -> Reply:
         else:
             cursor = ScanCursor(coll, None, True, None, True, engine.matcher(spec),
                                 projection, skip, limit)
+    elif list(sort.items()) == [("_id", -1)] and not spec and limit:
+        # The last documents by _id (e.g. the highest _id): read from the end of the
+        # key list instead of decoding and sorting the whole collection.
+        keys = coll.keys
+        picked = keys[max(0, len(keys) - skip - limit):max(0, len(keys) - skip)][::-1]
+        cursor = ListCursor(ctx.ns, [engine.project(bson.decode(coll.docs[k], CODEC),
+                                                    projection) for k in picked])
     else:
         docs = engine.sort_docs(_docs(coll, spec), sort)
         docs = docs[skip:]
@@ -214,6 +221,12 @@ def run_pipeline(ctx: Ctx, coll: Collection | None, pipeline: list[dict[str, Any
         docs = [out]
     elif stages and "$match" in stages[0]:
         docs = _docs(coll, stages.pop(0)["$match"])
+    elif stages and "$sample" in stages[0] and coll is not None:
+        # A leading $sample decodes only the documents it draws (MongoDB's random
+        # cursor), not the whole collection.
+        size = int(stages.pop(0)["$sample"]["size"])
+        picked = random.sample(coll.keys, min(size, len(coll.keys)))
+        docs = [bson.decode(coll.docs[k], CODEC) for k in picked]
     else:
         docs = _docs(coll, None)
     pending: list[dict[str, Any]] = []

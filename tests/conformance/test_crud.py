@@ -115,6 +115,26 @@ def test_id_range_scan_with_hint_follows_bson_order(db: Db) -> None:
     assert [d["_id"] for d in window] == [2, Decimal128("2.5"), 3.5]
 
 
+def test_descending_id_with_limit_and_skip_follows_reverse_bson_order(db: Db) -> None:
+    ids: list[Any] = ["b", 3.5, Int64(2), 1, None, True, ObjectId()]
+    db.c.insert_many([{"_id": i, "ix": n} for n, i in enumerate(ids)])
+    top = db.c.find_one({}, {"_id": 1}, sort=[("_id", DESCENDING)])
+    assert top == {"_id": True}
+    window = list(db.c.find({}, {"ix": 1, "_id": 0}).sort("_id", DESCENDING).skip(1).limit(3))
+    assert window == [{"ix": 6}, {"ix": 0}, {"ix": 1}]  # ObjectId, "b", 3.5
+    assert list(db.c.find().sort("_id", DESCENDING).skip(7).limit(2)) == []
+
+
+def test_sample_then_project_draws_distinct_existing_documents(db: Db) -> None:
+    db.c.insert_many([{"_id": i, "v": i * 2} for i in range(50)])
+    drawn = list(db.c.aggregate([{"$sample": {"size": 10}}, {"$project": {"_id": 1}}]))
+    assert len(drawn) == 10 and all(set(d) == {"_id"} for d in drawn)
+    assert len({d["_id"] for d in drawn}) == 10 and {d["_id"] for d in drawn} <= set(range(50))
+    everything = list(db.c.aggregate([{"$sample": {"size": 80}}]))
+    assert sorted(d["_id"] for d in everything) == list(range(50))
+    assert all(d["v"] == d["_id"] * 2 for d in everything)
+
+
 def test_numbers_of_different_types_are_the_same_id(db: Db) -> None:
     db.c.insert_one({"_id": 1})
     with pytest.raises(DuplicateKeyError):
