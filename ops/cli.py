@@ -87,6 +87,44 @@ def _run_cmd(args: argparse.Namespace) -> int:
     return run_daemon(config, reload=lambda: _run_overrides(effective_config(args), args))
 
 
+def _recopy_args(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
+    p.add_argument("--namespace", required=True, metavar="DB.COLL",
+                   help="the collection to copy again")
+    p.add_argument("--id", dest="ids", action="append", default=[], metavar="EJSON",
+                   help="only this _id, as Extended JSON, e.g. 42, '\"a\"' or"
+                        " '{\"$oid\": \"...\"}' (repeatable)")
+    p.add_argument("--ids-file", default=None, metavar="FILE",
+                   help="only the _ids in FILE, one Extended JSON value per line")
+    p.add_argument("--workers", type=int, default=None, help="chunks copied at once")
+
+
+@command("recopy", "copy a collection, or some of its documents, again (safe beside a"
+         " running daemon)", _recopy_args)
+def _recopy_cmd(args: argparse.Namespace) -> int:
+    import anyio
+
+    from ops.recopy import check_namespace, parse_ids, read_ids_file, recopy
+
+    config = _run_overrides(effective_config(args), _workers_only(args.workers))
+    require(config)
+    namespace = check_namespace(args.namespace)
+    ids: list[object] | None = None
+    if args.ids or args.ids_file:
+        ids = parse_ids(args.ids, "--id")
+        if args.ids_file:
+            ids += read_ids_file(args.ids_file)
+    setup_logging(args.log_format or config.log.format, config.log.level)
+    copied = anyio.run(recopy, config, namespace, ids)
+    print(f"{namespace}: {copied} documents copied again")
+    return 0
+
+
+def _workers_only(workers: int | None) -> argparse.Namespace:
+    """The ``run`` overrides of a command that only takes ``--workers``."""
+    return argparse.Namespace(metrics_port=None, workers=workers, throttle=None)
+
+
 def _sandbox_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=27017)
