@@ -305,6 +305,9 @@ static int put_typed(Out *o, int ctype, const Found *f, int *lifted) {
         if (t != 0x09) return ST_UNHANDLED;
         int64_t ms = rd_i64(v);
         if (ms < MIN_MS || ms > MAX_MS) return ST_UNHANDLED;
+        /* asyncpg writes 0001-01-01T00:00:00Z (datetime.min) as -infinity: so do we,
+         * and it reads -infinity back as datetime.min, the same date. */
+        if (ms == MIN_MS) return field_i64(o, INT64_MIN);
         return field_i64(o, ms * 1000 - PG_EPOCH_US);
     }
     case C_UUID:

@@ -58,7 +58,10 @@ def _field(pg_type: str, data: bytes) -> Any:
         assert data in (b"\x00", b"\x01")
         return data == b"\x01"
     if pg_type == "timestamptz":
-        return _PG_EPOCH + datetime.timedelta(microseconds=struct.unpack(">q", data)[0])
+        (us,) = struct.unpack(">q", data)
+        if us == -(2**63):  # -infinity: asyncpg's encoding of datetime.min
+            return datetime.datetime(1, 1, 1, tzinfo=datetime.UTC)
+        return _PG_EPOCH + datetime.timedelta(microseconds=us)
     if pg_type == "uuid":
         return uuid.UUID(bytes=data)
     raise AssertionError(pg_type)
