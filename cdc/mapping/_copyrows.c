@@ -48,7 +48,7 @@ typedef struct {
     Path path;
     Lift lifts[MAX_LIFTS];
     int nlifts;
-    Out out;
+    Out *out;
 } Child;
 
 typedef struct {
@@ -58,7 +58,7 @@ typedef struct {
     int nlifts;
     Child children[MAX_CHILDREN];
     int nchildren;
-    Out root;
+    Out *root;
 } Spec;
 
 #define TRY(x)                          \
@@ -365,7 +365,7 @@ static int put_child(Child *c, const uint8_t *p, size_t size, const Out *root,
     TRY(lookup(p, size, &c->path, &f));
     if (f.elem == NULL || f.elem[0] != 0x04 || f.size <= 5) return ST_OK;
     skip[(*nskip)++] = f.elem;
-    Out *o = &c->out;
+    Out *o = c->out;
     const uint8_t *a = f.val;
     size_t pos = 4, end = f.size - 1, index = 0;
     int depth = c->path.n + 1;
@@ -409,7 +409,7 @@ static int put_document(Spec *s, const uint8_t *raw, size_t n, int64_t version,
     Found id;
     TRY(find(raw, n, "_id", 3, &id));
     if (id.elem == NULL) return ST_UNHANDLED;
-    Out *o = &s->root;
+    Out *o = s->root;
     RESERVE(o, 2);
     be16(o, (int16_t)(3 + s->nlifts + 1 + 1 + (s->staging ? 2 : 0)));
     TRY(put_id(o, id.elem, id.val, id.size, key_at, key_len));
@@ -515,9 +515,9 @@ static PyObject *run(Spec *s, PyObject *raws, PyObject *versions, PyObject *stre
     Py_ssize_t count = PySequence_Fast_GET_SIZE(raws);
     PyObject *keys = PyList_New(0), *left = PyList_New(0), *result = NULL;
     if (keys == NULL || left == NULL) goto done;
-    if (put_header(&s->root) != ST_OK) goto nomem;
+    if (put_header(s->root) != ST_OK) goto nomem;
     for (int i = 0; i < s->nchildren; i++)
-        if (put_header(&s->children[i].out) != ST_OK) goto nomem;
+        if (put_header(s->children[i].out) != ST_OK) goto nomem;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *raw = PySequence_Fast_GET_ITEM(raws, i);
         long long version = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(versions, i));
@@ -538,15 +538,15 @@ static PyObject *run(Spec *s, PyObject *raws, PyObject *versions, PyObject *stre
             goto done;
         }
         size_t marks[1 + MAX_CHILDREN];
-        marks[0] = s->root.len;
-        for (int c = 0; c < s->nchildren; c++) marks[1 + c] = s->children[c].out.len;
+        marks[0] = s->root->len;
+        for (int c = 0; c < s->nchildren; c++) marks[1 + c] = s->children[c].out->len;
         size_t key_at = 0, key_len = 0;
         int rc = put_document(s, (const uint8_t *)PyBytes_AS_STRING(raw),
                               (size_t)PyBytes_GET_SIZE(raw), version, stream,
                               (int32_t)seq, &key_at, &key_len);
         PyObject *item;
         if (rc == ST_OK) {
-            item = PyBytes_FromStringAndSize(s->root.buf + key_at, (Py_ssize_t)key_len);
+            item = PyBytes_FromStringAndSize(s->root->buf + key_at, (Py_ssize_t)key_len);
             if (item == NULL || PyList_Append(keys, item) < 0) {
                 Py_XDECREF(item);
                 goto done;
@@ -554,8 +554,8 @@ static PyObject *run(Spec *s, PyObject *raws, PyObject *versions, PyObject *stre
         } else if (rc == ST_NOMEM) {
             goto nomem;
         } else {
-            s->root.len = marks[0];
-            for (int c = 0; c < s->nchildren; c++) s->children[c].out.len = marks[1 + c];
+            s->root->len = marks[0];
+            for (int c = 0; c < s->nchildren; c++) s->children[c].out->len = marks[1 + c];
             item = PyLong_FromSsize_t(i);
             if (item == NULL || PyList_Append(left, item) < 0) {
                 Py_XDECREF(item);
@@ -564,7 +564,7 @@ static PyObject *run(Spec *s, PyObject *raws, PyObject *versions, PyObject *stre
         }
         Py_DECREF(item);
     }
-    PyObject *root = finish(&s->root);
+    PyObject *root = finish(s->root);
     PyObject *kids = PyTuple_New(s->nchildren);
     if (root == NULL || kids == NULL) {
         Py_XDECREF(root);
@@ -572,7 +572,7 @@ static PyObject *run(Spec *s, PyObject *raws, PyObject *versions, PyObject *stre
         goto done;
     }
     for (int c = 0; c < s->nchildren; c++) {
-        PyObject *b = finish(&s->children[c].out);
+        PyObject *b = finish(s->children[c].out);
         if (b == NULL) {
             Py_DECREF(root);
             Py_DECREF(kids);
@@ -590,6 +590,10 @@ done:
     return result;
 }
 
+#define KEEP_BYTES ((size_t)1 << 26)
+static Out g_bufs[1 + MAX_CHILDREN];
+static int g_busy = 0;
+
 PyObject *copy_rows(PyObject *self, PyObject *args) {
     PyObject *raws, *versions, *streams, *positions, *lifts, *children;
     if (!PyArg_ParseTuple(args, "OOOOOO:copy_rows", &raws, &versions, &streams,
@@ -597,6 +601,14 @@ PyObject *copy_rows(PyObject *self, PyObject *args) {
         return NULL;
     Spec *s = PyMem_Calloc(1, sizeof(Spec));
     if (s == NULL) return PyErr_NoMemory();
+    /* The shared buffers, unless a call is under way (Python code run by __index__ or
+     * __bool__ of an argument could call back in): then buffers of its own. */
+    Out local[1 + MAX_CHILDREN];
+    memset(local, 0, sizeof local);
+    Out *bufs = g_busy ? local : g_bufs;
+    if (bufs == g_bufs) g_busy = 1;
+    s->root = &bufs[0];
+    for (int c = 0; c < MAX_CHILDREN; c++) s->children[c].out = &bufs[1 + c];
     PyObject *result = NULL;
     PyObject *r = NULL, *v = NULL, *st = NULL, *ps = NULL;
     if (parse_spec(s, lifts, children) < 0) goto done;
@@ -622,8 +634,16 @@ done:
     Py_XDECREF(v);
     Py_XDECREF(st);
     Py_XDECREF(ps);
-    PyMem_Free(s->root.buf);
-    for (int c = 0; c < MAX_CHILDREN; c++) PyMem_Free(s->children[c].out.buf);
+    for (int i = 0; i < 1 + MAX_CHILDREN; i++) {
+        /* Keep the shared buffers (no page faults next batch) unless huge. */
+        if (bufs != g_bufs || bufs[i].cap > KEEP_BYTES) {
+            PyMem_Free(bufs[i].buf);
+            bufs[i].buf = NULL;
+            bufs[i].cap = 0;
+        }
+        bufs[i].len = 0;
+    }
+    if (bufs == g_bufs) g_busy = 0;
     PyMem_Free(s);
     return result;
 }
