@@ -8,8 +8,9 @@ setup(
         Extension(
             "cdc.mapping._fastejson",
             ["cdc/mapping/_fastejson.c", "cdc/mapping/_ejson_text.c",
-             "cdc/mapping/_ejson_doc.c", "cdc/mapping/_copyrows.c"],
-            depends=["cdc/mapping/_ejson.h"],
+             "cdc/mapping/_ejson_doc.c", "cdc/mapping/_copyrows.c",
+             "cdc/mapping/_copyrows_args.c"],
+            depends=["cdc/mapping/_ejson.h", "cdc/mapping/_copyrows.h"],
             extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-fvisibility=hidden"],
         )
