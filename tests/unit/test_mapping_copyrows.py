@@ -350,3 +350,32 @@ def test_copy_rows_returns_none_without_a_fast_path() -> None:
 def test_copy_rows_of_no_documents_is_empty_streams() -> None:
     result = COLUMN.copy_rows([], [])
     assert result == CopyRows(HEADER + b"\xff\xff", (HEADER + b"\xff\xff",) * 3, [], [])
+
+
+def _raw(elements: bytes) -> bytes:
+    """A raw document ``{_id: 7, <elements>}`` (for types bson.encode cannot write)."""
+    body = b"\x10_id\x00" + struct.pack("<i", 7) + elements + b"\x00"
+    return struct.pack("<i", len(body) + 4) + body
+
+
+_SYMBOL = b"\x0e%s\x00" + struct.pack("<i", 2) + b"x\x00"
+_UNDEFINED = b"\x06%s\x00"
+_DBPOINTER = b"\x0c%s\x00" + struct.pack("<i", 2) + b"c\x00" + b"\x01" * 12
+_BAD_BOOL = b"\x08%s\x00\x02"
+
+
+@pytest.mark.parametrize("mapper", [DOCUMENT, COLUMN], ids=["document", "column"])
+@pytest.mark.parametrize("element", [_SYMBOL, _UNDEFINED, _DBPOINTER, _BAD_BOOL],
+                         ids=["symbol", "undefined", "dbpointer", "bool-2"])
+def test_copy_rows_leaves_rare_bson_types_to_python(mapper: FastMapper, element: bytes
+                                                   ) -> None:
+    # At a lifted path (s: text, b: boolean), elsewhere, and inside a child element.
+    raws = [_raw(element % name) for name in (b"s", b"b", b"q")]
+    items = b"\x04items\x00" + _doc(b"\x030\x00" + _doc(element % b"s"))
+    raws.append(_raw(items))
+    result = check_batch(mapper, raws)
+    assert result.left == [0, 1, 2, 3]
+
+
+def _doc(elements: bytes) -> bytes:
+    return struct.pack("<i", len(elements) + 5) + elements + b"\x00"
