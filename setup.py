@@ -7,8 +7,12 @@ setup(
     ext_modules=[
         Extension(
             "cdc.mapping._fastejson",
-            ["cdc/mapping/_fastejson.c"],
-            extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
+            ["cdc/mapping/_fastejson.c", "cdc/mapping/_ejson_text.c",
+             "cdc/mapping/_ejson_doc.c", "cdc/mapping/_copyrows.c",
+             "cdc/mapping/_copyrows_args.c"],
+            depends=["cdc/mapping/_ejson.h", "cdc/mapping/_copyrows.h"],
+            extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter",
+                                "-fvisibility=hidden"],
         )
     ]
 )

@@ -17,18 +17,23 @@ Rules that keep the reverse mapping exact:
   key), ``_ord`` (position from 0), the element's typed columns, and the element's rest
   (a sub-document minus its lifted fields, or the whole element when it is not a
   sub-document). An empty array or a non-array stays in the parent's rest.
+
+``copy_rows`` writes the same rows for a whole batch as binary COPY streams, in C
+(:mod:`cdc.mapping.copyrows`), for the column types the C code converts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from cdc.errors import ConfigError, MappingError
 from cdc.mapping.config import ColumnRule, MappingRule
 from cdc.mapping.convert import Backward, Forward, converters, pg_type
+from cdc.mapping.copyrows import Spec, column_spec, copy_rows
 from cdc.mapping.document import KEY, KEY_COLUMNS, RESERVED, decode_id, key_parts
 from cdc.mapping.ejson import canonical_json, decode, from_ejson, needs_walker, relaxed_json_part
-from cdc.mapping.model import Column, MappedDocument, TableShape
+from cdc.mapping.model import Column, CopyRows, MappedDocument, TableShape
 from cdc.mapping.names import check_unique, pg_identifier
 
 PARENT_KEY = Column("_key", "bytea")
@@ -38,10 +43,11 @@ ORDINAL = Column("_ord", "integer")
 class _Lift:
     """One typed column: where it comes from and how it converts."""
 
-    __slots__ = ("back", "forward", "leaf", "parents", "path")
+    __slots__ = ("back", "forward", "leaf", "mapping_type", "parents", "path")
 
     def __init__(self, rule: ColumnRule, canonical: bool) -> None:
         self.path = rule.path
+        self.mapping_type = rule.type
         parts = rule.path.split(".")
         self.parents = tuple(parts[:-1])
         self.leaf = parts[-1]
@@ -116,6 +122,10 @@ class ColumnMapper:
         self._lifts = lifts
         self._children = children
         self._canonical = canonical
+        self._copy_spec: Spec | None = None if canonical else column_spec(
+            [(lift.path, lift.mapping_type) for lift in lifts],
+            [(c.path, [(lift.path, lift.mapping_type) for lift in c.lifts])
+             for c in children])
 
     @classmethod
     def build(cls, rule: MappingRule, schema: str, table: str, *, canonical: bool,
@@ -201,6 +211,13 @@ class ColumnMapper:
             out.append((key, ordinal, *values, self._json(element, walker)))
         del parent[child.leaf]
         return out
+
+    def copy_rows(self, raws: Sequence[bytes], versions: Sequence[int],
+                  streams: Sequence[bool] | None = None,
+                  positions: Sequence[int] | None = None) -> CopyRows | None:
+        """Binary COPY streams of a batch (see :mod:`cdc.mapping.copyrows`); None when
+        this mapping has no fast path (canonical, numeric or jsonb columns…)."""
+        return copy_rows(self._copy_spec, raws, versions, streams, positions)
 
     def to_document(self, rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, Any]:
         """The document back from its rows (values ``bson.encode`` writes exactly)."""

@@ -14,11 +14,13 @@ included, as Extended JSON (relaxed by default). In relaxed mode the hot path ta
 whole row from the C extension (:func:`cdc.mapping.ejson.fast_relaxed`), which writes the
 text straight from the raw BSON and cuts ``_id_bson`` (and, for an ObjectId, ``_key``
 and ``_id``) out of the raw ``_id`` element. Otherwise the raw BSON is decoded once and
-encoded with msgspec (see :mod:`cdc.mapping.ejson`).
+encoded with msgspec (see :mod:`cdc.mapping.ejson`). For whole batches, ``copy_rows``
+writes binary COPY streams in C (:mod:`cdc.mapping.copyrows`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import bson
@@ -27,6 +29,7 @@ from bson.int64 import Int64
 from bson.objectid import ObjectId
 
 from cdc.errors import MappingError
+from cdc.mapping.copyrows import DOCUMENT_MODE, copy_rows
 from cdc.mapping.ejson import (
     DECODE_OPTIONS,
     canonical_json,
@@ -36,7 +39,7 @@ from cdc.mapping.ejson import (
     to_ejson,
 )
 from cdc.mapping.keys import encode_key_value, id_bson_from_raw
-from cdc.mapping.model import Column, MappedDocument, TableShape
+from cdc.mapping.model import Column, CopyRows, MappedDocument, TableShape
 
 KEY = Column("_key", "bytea")
 ID_TEXT = Column("_id", "text", "_id")
@@ -117,6 +120,15 @@ class DocumentMapper:
         key, id_text, id_bson = key_parts(doc, raw)
         data = canonical_json(doc) if self._canonical else relaxed_json(doc, raw)
         return MappedDocument(key, {self._table: [(key, id_text, id_bson, data.decode())]})
+
+    def copy_rows(self, raws: Sequence[bytes], versions: Sequence[int],
+                  streams: Sequence[bool] | None = None,
+                  positions: Sequence[int] | None = None) -> CopyRows | None:
+        """Binary COPY streams of a batch (see :mod:`cdc.mapping.copyrows`); None in
+        canonical mode or without the C extension."""
+        if self._canonical:
+            return None
+        return copy_rows(DOCUMENT_MODE, raws, versions, streams, positions)
 
     def to_document(self, rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, Any]:
         """The document back from its rows (values ``bson.encode`` writes exactly)."""

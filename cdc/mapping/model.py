@@ -74,3 +74,23 @@ class ReversibleMapper(Mapper, Protocol):
         returns them, jsonb as text); values are those ``bson.encode`` writes back as the
         original BSON types. Raises :class:`cdc.errors.MappingError`."""
         ...
+
+
+class CopyRows(msgspec.Struct, frozen=True):
+    """A batch of documents as complete PostgreSQL binary COPY streams (``copy_rows``).
+
+    Each stream is ``PGCOPY\\n\\377\\r\\n\\0``, flags and extension length 0, the tuples,
+    and the trailer; a tuple holds the fields ``map_document`` gives, in column order,
+    then ``_m2p_version bigint`` and, on root rows of the staging form,
+    ``_m2p_stream boolean`` and ``_m2p_seq integer``.
+    """
+
+    root: bytes
+    """The root table's stream: one tuple per written document, in input order."""
+    children: tuple[bytes, ...]
+    """One stream per child table, in ``tables()[1:]`` order (possibly no tuples)."""
+    keys: list[bytes]
+    """``_key`` of every written document, in input order."""
+    left: list[int]
+    """Indices of the documents written to no stream: the caller maps them with
+    ``map_document`` (which may raise :class:`cdc.errors.MappingError`)."""
