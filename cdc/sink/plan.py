@@ -28,7 +28,7 @@ import msgspec
 
 from cdc.batch import Batch, Change, Op, Origin
 from cdc.errors import DataError, InvariantError
-from cdc.mapping.model import Mapper
+from cdc.mapping.model import CopyRows, Mapper
 from cdc.types import Namespace
 
 
@@ -165,6 +165,40 @@ class NamespacePlan:
                     start = len(dest)
                     dest.extend(r + tail for r in table_rows)
                     spans.append((pos, table, start, len(dest)))
+
+    def fast_rows(self, *, staged: bool) -> CopyRows | None:
+        """The upserts as binary COPY streams written by the mapping's C path
+        (``Mapper.copy_rows``), or None when the rows must come from :meth:`root_records`.
+
+        All or nothing: the fast path is taken only when it wrote every document and
+        their keys are distinct from each other and from this batch's deletes, so the
+        version rule inside the batch has nothing left to decide (``_claim`` would keep
+        every one of them). Anything else — a document only the Python mapping writes or
+        dead-letters, two BSON ids with one key — takes the Python path for the whole
+        namespace's batch, which decides exactly as before. ``staged`` adds the staging
+        columns (from_stream, position) to the root rows.
+        """
+        copy_rows: Callable[..., CopyRows | None] | None = getattr(self.mapper, "copy_rows",
+                                                                   None)
+        if copy_rows is None or not self.upserts:
+            return None
+        raws = [c.doc for _, c in self.upserts]
+        if None in raws:
+            return None  # root_records raises the InvariantError
+        versions = [c.version for _, c in self.upserts]
+        if staged:
+            stream = Origin.STREAM
+            rows = copy_rows(raws, versions, [c.origin is stream for _, c in self.upserts],
+                             [pos for pos, _ in self.upserts])
+        else:
+            rows = copy_rows(raws, versions)
+        if rows is None or rows.left:
+            return None
+        keys = rows.keys
+        if len(set(keys)) != len(keys) or (self._seen and not self._seen.keys().isdisjoint(keys)):
+            return None
+        self.staged_upserts += len(keys)
+        return rows
 
     def staging_records(self, direct_rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """The staging form of rows :meth:`root_records` gave with ``direct``."""

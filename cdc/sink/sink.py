@@ -253,6 +253,25 @@ class Sink:
             known.direct_pause = max(known.direct_pause - 1, 0)
             return False
         nsql = known.sql
+        fast = p.fast_rows(staged=False)
+        if fast is not None:
+            try:
+                async with conn.transaction():  # a savepoint
+                    await _copy_stream(conn, nsql.root, fast.root, nsql.target_columns)
+                    for child, data in zip(nsql.children, fast.children, strict=True):
+                        await _copy_stream(conn, child.shape, data, child.columns)
+                    keys = fast.keys
+                    if await conn.fetchval(nsql.count_tombstones, nsql.root.qualified, keys,
+                                           min(keys), max(keys)):
+                        raise _Fallback
+            except (_Fallback, asyncpg.exceptions.UniqueViolationError):
+                known.direct_pause = DIRECT_PAUSE
+                p.staged_upserts = 0
+                await self._stage(conn, nsql, p, dead, result)
+                return True
+            p.direct = True
+            result.of(p.namespace, Op.UPSERT).applied += p.staged_upserts
+            return True
         taken: list[tuple[Any, ...]] = []
         source = p.root_records(dead, result, direct=True)
 
@@ -294,6 +313,26 @@ class Sink:
         result.of(p.namespace, Op.UPSERT).applied += p.staged_upserts
         return True
 
+    async def _stage(self, conn: Any, nsql: statements.NamespaceSql, p: NamespacePlan,
+                     dead: list[DeadLetter], result: ApplyResult) -> None:
+        """COPY the upserts of ``p`` into the namespace's staging tables."""
+        fast = p.fast_rows(staged=True)
+        if fast is not None:
+            await _copy_stream(conn, None, fast.root, nsql.stage_columns, nsql.stage)
+            for child, data in zip(nsql.children, fast.children, strict=True):
+                await _copy_stream(conn, None, data, child.columns, child.stage)
+            return
+        # Mapping runs inside this COPY, overlapping the server's parsing.
+        await conn.copy_records_to_table(
+            nsql.stage, schema_name="pg_temp",
+            records=p.root_records(dead, result), columns=nsql.stage_columns)
+        for child in nsql.children:
+            rows = p.children_without_losers(child.shape.name)
+            if rows:
+                await conn.copy_records_to_table(
+                    child.stage, schema_name="pg_temp", records=rows,
+                    columns=child.columns)
+
     async def _write(self, conn: Any, batch: Batch, plans: dict[Namespace, NamespacePlan],
                      dead: list[DeadLetter], result: ApplyResult) -> None:
         work = [(self._known[ns], p) for ns, p in sorted(plans.items())]
@@ -326,16 +365,7 @@ class Sink:
                 nsql = known.sql
                 table = nsql.root.qualified
                 if p.upserts and not await self._direct(conn, known, p, dead, result):
-                    # Mapping runs inside this COPY, overlapping the server's parsing.
-                    await conn.copy_records_to_table(
-                        nsql.stage, schema_name="pg_temp",
-                        records=p.root_records(dead, result), columns=nsql.stage_columns)
-                    for child in nsql.children:
-                        rows = p.children_without_losers(child.shape.name)
-                        if rows:
-                            await conn.copy_records_to_table(
-                                child.stage, schema_name="pg_temp", records=rows,
-                                columns=child.columns)
+                    await self._stage(conn, nsql, p, dead, result)
                 if p.losers:
                     await conn.execute(nsql.drop_staged, p.losers)
                 if p.staged_deletes:
@@ -369,6 +399,26 @@ class Sink:
                 status = await conn.execute(self._sql_chunk, batch.chunk_id)
                 if status != "UPDATE 1":
                     raise InvariantError(f"backfill chunk {batch.chunk_id} does not exist")
+
+
+_EMPTY_STREAM = 19 + 2
+"""Size of a binary COPY stream without rows: header (19 bytes) and trailer (2)."""
+
+
+async def _copy_stream(conn: Any, shape: TableShape | None, data: bytes,
+                       columns: tuple[str, ...], stage: str | None = None) -> None:
+    """COPY a complete binary COPY stream into ``shape``'s table (or the staging table
+    ``stage``); a stream without rows costs no round trip."""
+    if len(data) <= _EMPTY_STREAM:
+        return
+    source = memoryview(data)  # asyncpg would take bytes for a file name
+    if stage is not None:
+        await conn.copy_to_table(stage, schema_name="pg_temp", source=source,
+                                 columns=columns, format="binary")
+    else:
+        assert shape is not None
+        await conn.copy_to_table(shape.name, schema_name=shape.schema, source=source,
+                                 columns=columns, format="binary")
 
 
 def _describe(batch: Batch) -> str:
