@@ -291,13 +291,20 @@ def bson_value_size(raw: bytes, pos: int, btype: int) -> int:
     raise MappingError(f"unknown BSON type 0x{btype:02x}")
 
 
+_FIRST_ID_SIZES = {t: 5 + n for t, n in _FIXED_SIZES.items() if n}
+"""Element size (type byte, ``_id\\0``, value) of a fixed-size ``_id`` value type."""
+_FIRST_ID_HEADERS = {n: struct.pack("<i", n + 5) for n in set(_FIRST_ID_SIZES.values())}
+
+
 def id_bson_from_raw(raw: bytes) -> bytes:
     """The BSON document ``{"_id": value}`` cut out of a raw document, byte for byte.
 
     Keeps the exact original type (int32 vs int64, symbol, DBPointer…) without decoding.
     """
-    if raw[4:9] == b"\x07_id\x00":  # an ObjectId _id first, as MongoDB stores it
-        return b"\x16\x00\x00\x00" + raw[4:21] + b"\x00"
+    if raw[5:9] == b"_id\x00":  # _id first, as MongoDB stores it
+        size = _FIRST_ID_SIZES.get(raw[4])
+        if size is not None and len(raw) > size + 4:  # ObjectId, int32, int64, double…
+            return _FIRST_ID_HEADERS[size] + raw[4:size + 4] + b"\x00"
     try:
         pos = 4
         end = len(raw) - 1

@@ -239,9 +239,15 @@ def _beats(later: Change, earlier: Change) -> bool:
 def plan_batch(batch: Batch, mapper_of: Callable[[Namespace], Mapper]) -> Plan:
     """Coalesce ``batch`` by raw id and map its deletes; upserts map in root_records."""
     result = ApplyResult()
-    first: dict[tuple[Namespace, bytes], tuple[int, Change]] = {}
+    # Grouped by namespace first (a batch rarely holds more than one), then by raw id.
+    groups: dict[Namespace, dict[bytes, tuple[int, Change]]] = {}
+    last: Namespace | None = None
+    first: dict[bytes, tuple[int, Change]] = {}
     for pos, change in enumerate(batch.changes):
-        k = (change.namespace, change.id_bson)
+        if change.namespace is not last:
+            last = change.namespace
+            first = groups.setdefault(last, {})
+        k = change.id_bson
         prev = first.get(k)
         if prev is None:
             first[k] = (pos, change)
@@ -253,26 +259,28 @@ def plan_batch(batch: Batch, mapper_of: Callable[[Namespace], Mapper]) -> Plan:
 
     dead: list[DeadLetter] = []
     plans: dict[Namespace, NamespacePlan] = {}
-    for pos, change in first.values():
-        ns = change.namespace
-        plan = plans.get(ns)
-        if plan is None:
-            mapper = mapper_of(ns)
-            plan = plans[ns] = NamespacePlan(ns, mapper, mapper.tables()[0].name)
-        if change.origin is not Origin.BACKFILL:
-            plan.all_backfill = False
-        if change.op is Op.UPSERT:
-            plan.upserts.append((pos, change))
-            continue
-        try:
-            key = plan.mapper.map_key(change.id_bson)
-        except DataError as exc:
-            dead.append(DeadLetter(str(ns), change.id_bson, change.version, None, str(exc)))
-            result.of(ns, Op.DELETE).dead_lettered += 1
-            continue
-        if plan._claim(key, pos, change, result):
-            plan.deletes.append((key, change.version, change.origin is Origin.STREAM, pos))
-            plan.staged_deletes += 1
+    # Enum members bound once: a lookup on an Enum class is slow next to this loop's work.
+    upsert, backfill, stream = Op.UPSERT, Origin.BACKFILL, Origin.STREAM
+    for ns, winners in groups.items():
+        mapper = mapper_of(ns)
+        plan = plans[ns] = NamespacePlan(ns, mapper, mapper.tables()[0].name)
+        upserts = plan.upserts
+        for pos, change in winners.values():
+            if change.origin is not backfill:
+                plan.all_backfill = False
+            if change.op is upsert:
+                upserts.append((pos, change))
+                continue
+            try:
+                key = mapper.map_key(change.id_bson)
+            except DataError as exc:
+                dead.append(DeadLetter(str(ns), change.id_bson, change.version, None,
+                                       str(exc)))
+                result.of(ns, Op.DELETE).dead_lettered += 1
+                continue
+            if plan._claim(key, pos, change, result):
+                plan.deletes.append((key, change.version, change.origin is stream, pos))
+                plan.staged_deletes += 1
     # Deletes that a later delete of the same key displaced never reach staging.
     for plan in plans.values():
         if plan.losers:
