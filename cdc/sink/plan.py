@@ -14,6 +14,11 @@ winners are mapped — lazily, while the sink streams them into COPY — and gro
 by the mapped key (distinct BSON ids that the mapping encodes alike, e.g. the same
 number as int32 and double, are one row).
 
+When the mapping has a C path (``Mapper.copy_rows``) and it writes every upsert of a
+namespace's batch under distinct keys, the sink COPYs its binary streams instead
+(:meth:`NamespacePlan.fast_rows`); the version rule then has nothing left to decide
+inside the batch.
+
 A document the mapping rejects (:class:`~cdc.errors.DataError`) becomes a dead letter
 carrying its raw BSON, id, version and the reason; the rest of the batch goes on.
 """

@@ -12,7 +12,10 @@ control plane: migrations and target DDL). ``apply`` runs one transaction per ba
    Upserts race safely through ``ON CONFLICT`` row locks; a delete's "no row and no newer
    tombstone" test is a snapshot read, so it must not overlap a concurrent upsert of the
    same table (otherwise a backfill row could land beside a fresh tombstone);
-4. COPY (binary) the net rows into the staging tables, run the delete, upsert and child
+4. COPY (binary) the net rows into the staging tables — the binary streams the
+   mapping's C path writes for the whole batch (``Mapper.copy_rows``, see
+   :meth:`~cdc.sink.plan.NamespacePlan.fast_rows`), else rows mapped one by one in
+   Python while they stream into COPY —, run the delete, upsert and child
    statements of :mod:`cdc.sink.statements`, COPY dead letters, upsert the checkpoint
    (never backwards) and mark the backfill chunk done — then commit. A batch that only
    copies (backfill) into keys the target has never seen skips staging: its rows are
