@@ -182,9 +182,10 @@ def report(runs: list[Run]) -> None:
     if len(runs) > 1:
         small, large = runs[0], runs[-1]
         scale = large.docs / small.docs
-        print(f"\ntime({large.docs:,}) / time({small.docs:,}) = "
-              f"{large.elapsed / small.elapsed:.2f} (documents x{scale:.0f}; target for x10:"
-              f" 9..11)")
+        print(f"\ntime({large.docs:,}) / time({small.docs:,}), backfilling phase: "
+              f"{large.phase_s / small.phase_s:.2f}; from launch (process start-up"
+              f" included): {large.elapsed / small.elapsed:.2f} (documents x{scale:.0f};"
+              " target for x10: 9..11)")
         print(f"peak RSS {small.rss:.0f} MB -> {large.rss:.0f} MB (target <= 512 MB, not"
               " growing with the collection)")
 

@@ -18,7 +18,7 @@ SMOKES = {
     "mapping": (["--docs", "500", "--rounds", "1"], "document mode, relaxed"),
     "sink": (["--docs", "1000", "--repeat", "1"], "C_merge"),
     "cdc": (["--events", "400", "--base", "400", "--lag-seconds", "1"], "C_merge"),
-    "backfill": (["--docs", "1000", "2000", "--workers", "2"], "time(2,000) / time(1,000)"),
+    "backfill": (["--docs", "1000", "2000", "--workers", "2"], "backfilling phase: "),
 }
 
 
