@@ -33,7 +33,7 @@ so a retry of the same batch is exact.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -248,9 +248,11 @@ class Sink:
         Taken only for a batch whose changes of this namespace are all backfill
         upserts. Inside a savepoint the rows are COPYed into the target tables; the
         primary key rejects any key that has a row (then the savepoint is rolled back),
-        and a probe rejects keys with a tombstone. Either way the rows already mapped
-        go the staged, version-guarded way; no row is mapped twice. A fallback turns the
-        direct path off for the namespace for a while (a resync re-copies known keys).
+        and a probe rejects keys with a tombstone. Either way the batch then goes the
+        staged, version-guarded way: streams from the C path are written again in their
+        staging form (cheap), rows the Python path mapped are reused, never mapped
+        twice. A fallback turns the direct path off for the namespace for a while (a
+        resync re-copies known keys).
         """
         if p.deletes or not p.all_backfill or known.direct_pause > 0:
             known.direct_pause = max(known.direct_pause - 1, 0)
@@ -408,13 +410,25 @@ _EMPTY_STREAM = 19 + 2
 """Size of a binary COPY stream without rows: header (19 bytes) and trailer (2)."""
 
 
+_COPY_PIECE = 1 << 20
+"""Bytes per CopyData message for a stream larger than this."""
+
+
+async def _pieces(view: memoryview) -> AsyncIterator[memoryview]:
+    for at in range(0, len(view), _COPY_PIECE):
+        yield view[at:at + _COPY_PIECE]
+
+
 async def _copy_stream(conn: Any, shape: TableShape | None, data: bytes,
                        columns: tuple[str, ...], stage: str | None = None) -> None:
     """COPY a complete binary COPY stream into ``shape``'s table (or the staging table
     ``stage``); a stream without rows costs no round trip."""
     if len(data) <= _EMPTY_STREAM:
         return
-    source = memoryview(data)  # asyncpg would take bytes for a file name
+    view = memoryview(data)  # asyncpg would take bytes for a file name
+    # asyncpg sends a buffer as one CopyData message, and PostgreSQL refuses a message
+    # of 1 GB or more: a large stream goes in pieces.
+    source: Any = view if len(view) <= _COPY_PIECE else _pieces(view)
     if stage is not None:
         await conn.copy_to_table(stage, schema_name="pg_temp", source=source,
                                  columns=columns, format="binary")
