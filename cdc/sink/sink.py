@@ -223,13 +223,12 @@ class Sink:
     async def apply(self, batch: Batch) -> ApplyResult:
         """Apply ``batch`` atomically (rows, dead letters, checkpoint, chunk)."""
         # Ensure the layout of every namespace first so mapping uses the cached mapper.
-        for ns in sorted({c.namespace for c in batch.changes}):
+        for ns in _namespaces(batch):
             await self._ensure(ns)
         plan = plan_batch(batch, self._mapper_of)
         if (not batch.changes and batch.checkpoint is None and batch.chunk_id is None
                 and not batch.letters):
             return plan.result
-        what = _describe(batch)
         try:
             async with self._pool.acquire() as conn:
                 await self._write(conn, batch, plan.namespaces, plan.dead_letters,
@@ -237,7 +236,7 @@ class Sink:
         except (InvariantError, TargetUnavailable):
             raise
         except Exception as exc:
-            _raise_if_unavailable(exc, f"applying {what}")
+            _raise_if_unavailable(exc, f"applying {_describe(batch)}")
             raise
         return plan.result
 
@@ -436,6 +435,17 @@ async def _copy_stream(conn: Any, shape: TableShape | None, data: bytes,
         assert shape is not None
         await conn.copy_to_table(shape.name, schema_name=shape.schema, source=source,
                                  columns=columns, format="binary")
+
+
+def _namespaces(batch: Batch) -> list[Namespace]:
+    """The batch's namespaces, sorted (runs of one namespace object hash it once)."""
+    seen: set[Namespace] = set()
+    last: Namespace | None = None
+    for change in batch.changes:
+        if change.namespace is not last:
+            last = change.namespace
+            seen.add(last)
+    return sorted(seen)
 
 
 def _describe(batch: Batch) -> str:
