@@ -169,7 +169,9 @@ async def read_ceiling(client: AsyncMongoClient[Any], scenario: Scenario, start:
     began = time.perf_counter()
     reply = await cursor.open(StartAt(at_time=start))
     seen = len(reply.events)
-    while reply.time is None or reply.time < target or reply.events:
+    # Stop as soon as the post-batch position has reached the target: one more getMore
+    # after the last events would only idle for its await time.
+    while reply.time is None or reply.time < target:
         reply = await cursor.next_batch(200)
         seen += len(reply.events)
     elapsed = time.perf_counter() - began
