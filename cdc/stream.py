@@ -258,11 +258,17 @@ class Tailer:
         A DDL event that needs the stream reopened only asks for it here; the cursor is
         dropped once the in-flight ``getMore`` is back (the read-ahead is then discarded).
         Replies already queued are consumed first; more are read only while the last one
-        read was full and the queue has room."""
+        read was full and the queue has room.
+
+        Beside the cuts of the accumulator, a batch is also cut when everything read so
+        far is consumed (no reply queued): applying it now overlaps the apply with the
+        reads still to come, instead of reading a whole batch first. Under a backlog the
+        batches grow by themselves to ``batch_max_events`` while applying is slower than
+        reading (more is read during each apply)."""
 
         async def work() -> int:
             count = await self._consume(reply, requested, decoded)
-            if self._acc.due(time.monotonic()):
+            if self._acc.due(time.monotonic()) or (self._acc.settled and not self._ahead):
                 await self._flush()
             return count
 
