@@ -243,6 +243,25 @@ def _own_operators(doc: Doc, update: Doc) -> Doc:
     return rest
 
 
+def _plain_set(doc: Doc, update: Doc) -> Doc:
+    """Apply a ``$set`` of top-level field names (no dots, no ``$``) directly, as
+    mongomock would (lists copied, new fields appended); return the rest of ``update``.
+    Anything else — dotted paths, a field another operator of the update touches too —
+    is left to mongomock."""
+    fields = update["$set"]
+    if not isinstance(fields, dict) or not fields:
+        return update
+    others = {path.split(".", 1)[0] for op, spec in update.items() if op != "$set"
+              and isinstance(spec, dict) for path in spec}
+    for name in fields:
+        if (not name or "." in name or name[0] == "$" or "\0" in name
+                or name in others):
+            return update
+    for name, value in fields.items():
+        doc[name] = copy.deepcopy(value) if isinstance(value, list | tuple) else value
+    return {k: v for k, v in update.items() if k != "$set"}
+
+
 def _parent(doc: Doc, path: str) -> tuple[Any, Any]:
     parts = path.split(".")
     node: Any = doc
@@ -275,6 +294,8 @@ def apply_update(doc: Doc, spec: Doc, update: Any, array_filters: list[Doc] | No
                 update = _apply_array_filters(new, update, array_filters or [])
             if "$inc" in update or "$mul" in update or "$bit" in update:
                 update = _own_operators(new, update)
+            if "$set" in update:
+                update = _plain_set(new, update)
             if update:
                 scratch._apply_update_document(new, spec, update, inserting)
     except CommandError:
@@ -348,12 +369,12 @@ _RAW_TOP = CodecOptions(document_class=RawBSONDocument)
 
 def _unchanged_fields(before: Doc, after: Doc, before_raw: bytes, after_raw: bytes
                       ) -> set[str]:
-    """Top-level fields holding a document or array with equal bytes before and after.
+    """Top-level fields whose value is the same before and after.
 
     The C decoder splits the top level with nested values kept raw (documents as
-    ``RawBSONDocument``, arrays as their bytes; a few µs); scalars are left to
-    :meth:`_Diff.value`, whose type+value test is already cheap. A document the C
-    decoder refuses (e.g. a date out of Python's range) is split by
+    ``RawBSONDocument``, arrays as their bytes; a few µs): nested values are the same
+    when their bytes are, scalars when :func:`_same` would say so (same type, equal).
+    A document the C decoder refuses (e.g. a date out of Python's range) is split by
     :func:`bsonraw.elements` instead."""
     old: dict[str, Any] = {}
     new: dict[str, Any] = {}
@@ -368,13 +389,20 @@ def _unchanged_fields(before: Doc, after: Doc, before_raw: bytes, after_raw: byt
         return {k for k, v in new_el.items() if old_el.get(k) == v}
     same: set[str] = set()
     for k, v in new.items():
-        was = old.get(k)
-        if type(v) is RawBSONDocument and type(was) is RawBSONDocument:
+        if k not in old:
+            continue
+        was = old[k]
+        kind = type(v)
+        if kind is not type(was):
+            continue
+        if kind is RawBSONDocument:
             if was.raw == v.raw:
                 same.add(k)
-        elif (type(v) is bytes and type(was) is bytes and v == was
-              and isinstance(before.get(k), list) and isinstance(after.get(k), list)):
-            same.add(k)  # arrays: a binary value decodes to bytes too, hence the check
+        elif kind is bytes:
+            if v == was and isinstance(before.get(k), list) and isinstance(after.get(k), list):
+                same.add(k)  # arrays: a binary value decodes to bytes too, hence the check
+        elif v == was:
+            same.add(k)  # a scalar: the test :func:`_same` makes (same type, equal)
     return same
 
 
