@@ -81,9 +81,13 @@ class Oplog:
 
     def __init__(self, max_entries: int | None = None) -> None:
         self.max_entries = max_entries or DEFAULT_MAX_ENTRIES
-        self.entries: list[Entry] = []
-        self.positions: list[Position] = []
-        self.base = 0                       # seq of entries[0]
+        # Dropped entries leave the front of the lists in chunks (``_dead`` of them are
+        # still there): deleting from the front of a long list on every write would
+        # move every pointer each time once the cap is reached.
+        self._entries: list[Entry] = []
+        self._positions: list[Position] = []
+        self._dead = 0
+        self.base = 0                       # seq of the oldest entry held
         self.clock = Clock()
         # The oplog begins when the sandbox starts: nothing older was ever in it, so a
         # start point before that has lost its history, as on a fresh deployment.
@@ -91,20 +95,32 @@ class Oplog:
         self._changed: anyio.Event | None = None
 
     @property
+    def entries(self) -> list[Entry]:
+        """The entries held, oldest first (a copy)."""
+        return self._entries[self._dead:]
+
+    @property
+    def held(self) -> int:
+        return len(self._entries) - self._dead
+
+    @property
     def next_seq(self) -> int:
-        return self.base + len(self.entries)
+        return self.base + self.held
 
     def append(self, entries: list[Entry]) -> None:
         for entry in entries:
             entry.seq = self.next_seq
-            self.entries.append(entry)
-            self.positions.append(entry.pos)
-        overflow = len(self.entries) - self.max_entries
+            self._entries.append(entry)
+            self._positions.append(entry.pos)
+        overflow = self.held - self.max_entries
         if overflow > 0:
-            self.lost = self.positions[overflow - 1]
-            del self.entries[:overflow]
-            del self.positions[:overflow]
+            self._dead += overflow
+            self.lost = self._positions[self._dead - 1]
             self.base += overflow
+            if self._dead >= max(1024, self.max_entries // 8):  # amortised O(1) a write
+                del self._entries[:self._dead]
+                del self._positions[:self._dead]
+                self._dead = 0
         if self._changed is not None:
             self._changed.set()
             self._changed = None
@@ -117,15 +133,15 @@ class Oplog:
 
     def seq_after(self, pos: Position) -> int:
         """Sequence number of the first entry positioned after ``pos``."""
-        return self.base + bisect.bisect_right(self.positions, pos)
+        return self.base + bisect.bisect_right(self._positions, pos, self._dead) - self._dead
 
     def seq_at_or_after(self, pos: Position) -> int:
-        return self.base + bisect.bisect_left(self.positions, pos)
+        return self.base + bisect.bisect_left(self._positions, pos, self._dead) - self._dead
 
     def get(self, seq: int) -> Entry | None:
         i = seq - self.base
-        if 0 <= i < len(self.entries):
-            return self.entries[i]
+        if 0 <= i < self.held:
+            return self._entries[self._dead + i]
         return None
 
     def history_lost(self, after: Position) -> bool:
