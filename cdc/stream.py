@@ -205,12 +205,15 @@ class Tailer:
         reply: Reply | OperationFailure
         quick = False
         decoded: list[ChangeEvent | None] | None = None
+        # Replies read ahead come first, even when the server has closed the cursor
+        # since (its last reply): they were read in order from it (a dropped cursor
+        # takes its queue with it).
         ahead = self._ahead.pop()
         try:
-            if self._cursor is None or not self._cursor.alive:
-                reply = await self._open()
-            elif ahead is not None:
+            if ahead is not None:
                 reply, decoded, quick = ahead.reply, ahead.decoded, ahead.quick
+            elif self._cursor is None or not self._cursor.alive:
+                reply = await self._open()
             else:
                 reply = await self._cursor.next_batch(self._await_ms())
         except OperationFailure as exc:
