@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py $(wildcard cdc/mapping/*.c cdc/mapping/*.h)
+$(STAMP): pyproject.toml setup.py $(wildcard cdc/mapping/*.c cdc/mapping/*.h) cdc/_fastevents.c
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' --config-settings editable_mode=compat

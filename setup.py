@@ -1,5 +1,6 @@
-"""Build of the C extension ``cdc.mapping._fastejson`` (everything else is in
-pyproject.toml). ``pip install -e .`` builds it in place next to its sources."""
+"""Build of the C extensions ``cdc.mapping._fastejson`` and ``cdc._fastevents``
+(everything else is in pyproject.toml). ``pip install -e .`` builds them in place next
+to their sources."""
 
 from setuptools import Extension, setup  # type: ignore[import-untyped]
 
@@ -13,6 +14,11 @@ setup(
             depends=["cdc/mapping/_ejson.h", "cdc/mapping/_copyrows.h"],
             extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-fvisibility=hidden"],
-        )
+        ),
+        Extension(
+            "cdc._fastevents",
+            ["cdc/_fastevents.c"],
+            extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
+        ),
     ]
 )

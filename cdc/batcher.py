@@ -176,29 +176,29 @@ def to_changes(events: Sequence[ChangeEvent], resolve: Resolver = _identity
                ) -> tuple[list[Change], Counter[tuple[str, str]]]:
     """The sink's changes for ``events`` (coalesced by key) and event counts by (ns, op)."""
     latest: dict[tuple[Namespace, bytes], Change] = {}
-    seen: Counter[tuple[Namespace, str]] = Counter()
+    seen: dict[tuple[Namespace, str], int] = {}
     targets: dict[Namespace, Namespace | None] = {}
+    upsert, delete, stream = Op.UPSERT, Op.DELETE, Origin.STREAM  # bound once: hot loop
     for event in events:
         if not isinstance(event, Insert | Update | Replace | Delete):
             continue
-        if event.ns in targets:
-            target = targets[event.ns]
-        else:
-            target = targets[event.ns] = resolve(event.ns)
+        ns = event.ns
+        target = targets[ns] if ns in targets else targets.setdefault(ns, resolve(ns))
         if target is None:
             continue
-        seen[(target, _OP_NAMES[type(event)])] += 1
-        version = event.cluster_time.packed
+        counted = (target, _OP_NAMES[type(event)])
+        seen[counted] = seen.get(counted, 0) + 1
+        ct = event.cluster_time
+        version = ct.t << 32 | ct.i  # ClusterTime.packed, inlined
         id_bson = id_document(event.document_key)
         if isinstance(event, Delete):
-            change = Change(target, id_bson, version, Op.DELETE, None, Origin.STREAM)
+            change = Change(target, id_bson, version, delete, None, stream)
         elif event.full_document is None:
             # Absent even where it lives now (cdc.refetch): deleted since — the later
             # delete settles it — or its collection dropped, which deletes no row.
             continue
         else:
-            change = Change(target, id_bson, version, Op.UPSERT, event.full_document,
-                            Origin.STREAM)
+            change = Change(target, id_bson, version, upsert, event.full_document, stream)
         key = (target, id_bson)
         latest.pop(key, None)  # re-insert so dict order is the order of last occurrence
         latest[key] = change

@@ -8,7 +8,9 @@ handed to the mapping untouched, so the hot path builds no Python object per fie
 The tailer's hot path goes one step further: :func:`decode_raw` walks the top-level
 elements of a data event's bytes (lengths only) and slices the envelope fields out, with
 no ``RawBSONDocument`` or dict at all; anything else (DDL, fragments, an unexpected
-type) it declines, and :func:`decode_event` judges it.
+type) it declines, and :func:`decode_event` judges it. The walk runs in C
+(``cdc/_fastevents.c``, ~1 µs an event instead of ~8) when the extension is built, with
+the verdicts of the Python walker kept beside it (tests compare both byte for byte).
 
 * Data events: :class:`Insert`, :class:`Update`, :class:`Replace`, :class:`Delete`.
 * DDL events: :class:`Drop`, :class:`Rename`, :class:`DropDatabase`, :class:`Invalidate`.
@@ -29,7 +31,7 @@ rely on to date an empty batch: a ``_data`` KeyString starting with type byte ``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from struct import Struct
 from struct import error as struct_error
 from typing import Any
@@ -214,15 +216,46 @@ _BODY_OPS: dict[type, type[Insert | Update | Replace]] = {
     Insert: Insert, Update: Update, Replace: Replace}
 
 
+ScanResult = tuple[int, int, int, int, int, int, int, int, int, int, int, int, int,
+                   int | None]
+_scan_c: Callable[[bytes], ScanResult | None] | None
+try:
+    from cdc._fastevents import scan as _scan_c
+except ImportError:  # extension not built (e.g. a plain source checkout): Python walker
+    _scan_c = None
+_BY_CODE: tuple[type[Insert | Update | Replace], ...] = (Insert, Update, Replace)
+
+
 def decode_raw(raw: bytes) -> ChangeEvent | None:
     """:func:`decode_event` for a data event given as BSON bytes, reading only the
     envelope's bytes (no ``RawBSONDocument``, no dict of the top level). ``None`` when
     the fast path does not apply — a fragment, a DDL or unknown event, or any field of
-    an unexpected BSON type — and the caller decodes it the general way."""
+    an unexpected BSON type — and the caller decodes it the general way. The walk over
+    the top-level elements runs in C (:mod:`cdc._fastevents`) when it is built, with
+    the same verdicts as the Python walker (:func:`_scan`)."""
     try:
+        if _scan_c is not None:
+            found = _scan_c(raw)
+            return None if found is None else _from_offsets(raw, found)
         return _decode_raw(raw)
     except (struct_error, ValueError, IndexError):  # UnicodeDecodeError is a ValueError
         return None
+
+
+def _from_offsets(raw: bytes, found: ScanResult) -> ChangeEvent:
+    op, token_s, token_e, t, i, ns_s, ns_e, key_s, key_e, full_s, full_e, lsid_s, lsid_e, \
+        number = found
+    ns_bytes = raw[ns_s:ns_e]
+    namespace = _NS_CACHE.get(ns_bytes)
+    if namespace is None:
+        namespace = _ns(RawBSONDocument(ns_bytes))
+    txn = None if number is None else TxnId(raw[lsid_s:lsid_e], number)
+    if op == 3:
+        return Delete(token=raw[token_s:token_e], cluster_time=ClusterTime(t, i), txn=txn,
+                      ns=namespace, document_key=raw[key_s:key_e])
+    return _BY_CODE[op](token=raw[token_s:token_e], cluster_time=ClusterTime(t, i), txn=txn,
+                        ns=namespace, document_key=raw[key_s:key_e],
+                        full_document=raw[full_s:full_e] if full_s >= 0 else None)
 
 
 def _decode_raw(raw: bytes) -> ChangeEvent | None:

@@ -118,6 +118,8 @@ async def fill_post_images(client: AsyncMongoClient[Any], events: list[ChangeEve
     the document lives now. A document still absent stays ``null`` (the batcher emits
     nothing for it; see the module docstring)."""
     del full_document  # null means "not kept" or "looked up too late": fetched either way
+    if not any(type(e) is Update and e.full_document is None for e in events):
+        return events  # the common case: every update carries its document
     deleted_later: set[tuple[Namespace, bytes]] = set()
     wanted: list[int] = []
     for i in range(len(events) - 1, -1, -1):

@@ -18,11 +18,15 @@ PostgreSQL through the sink, exactly once in effect:
    labelled with its event's time; a ``null`` lookup or missing post-image is re-fetched
    by ``_id`` where the document lives now, following a rename under ``follow``, and
    emits nothing only if the document is gone — :mod:`cdc.refetch`) and the sink commits
-   the rows and the checkpoint in one transaction (DESIGN §3.3). The next ``getMore``
-   runs while a batch is applied, so reading and writing overlap; replies hold at most
-   ``REPLY_EVENTS`` events and after a full one the next ``getMore`` also runs while it
-   is decoded (read-ahead). Only an idle stream waits ``max_await_ms`` in a step: once
-   a batch with events is committed, the step returns.
+   the rows and the checkpoint in one transaction (DESIGN §3.3). While a batch is
+   applied, :mod:`cdc.readahead` keeps issuing ``getMore`` and decoding the replies
+   (up to one batch's worth queued), so reading and decoding overlap the wait for
+   PostgreSQL; replies hold at most ``REPLY_EVENTS`` events and after a full one the
+   next ``getMore`` also runs while it is consumed. Queued replies are consumed in
+   order before anything is read again; they are only read, never committed, ahead of
+   the accumulator, and are dropped with the cursor (a reopen resumes from the
+   checkpoint). Only an idle stream waits ``max_await_ms`` in a step: once a batch with
+   events is committed, the step returns.
 4. **Faults.** One read+apply step is the unit of retry (:mod:`cdc.retry`): on a
    transient error the cursor is dropped and the next attempt reopens *from the last
    committed checkpoint*, after a jittered backoff; replays are harmless (§3.1).
@@ -66,6 +70,7 @@ from cdc.cursor import (
 )
 from cdc.errors import HistoryLostError, SourceUnavailable
 from cdc.events import (
+    ChangeEvent,
     Delete,
     Drop,
     DropDatabase,
@@ -80,6 +85,7 @@ from cdc.events import (
     decode_raw,
     id_document,
 )
+from cdc.readahead import TOO_LARGE_CODES, ReadAhead, first_error
 from cdc.refetch import current_document, fill_post_images
 from cdc.retry import call_with_retry
 from cdc.state import StreamState
@@ -99,7 +105,6 @@ REPLY_EVENTS = 1000
 """At most this many events per reply (batches of more span several replies)."""
 YIELD_EVERY = 256
 """Events decoded between yields to the event loop (a read-ahead getMore runs then)."""
-TOO_LARGE_CODES = frozenset({10334, 17419})  # BSONObjectTooLarge, "too large to return"
 
 
 class Tailer:
@@ -130,19 +135,22 @@ class Tailer:
         self._marked_dbs: set[str] = set()
         self._aliases: dict[Namespace, Namespace] = {}
         self._lag_at = 0.0
-        self._prefetched: Reply | OperationFailure | None = None
+        self._ahead = ReadAhead(cap=config.batch_max_events, max_await_ms=config.max_await_ms)
         self._careful = 0
         """Events still to be read one per reply after an event too large to return."""
         self._reading_ahead = False
         self._drop_later = False
-        self._quick = False
-        """The prefetched reply was read without waiting for new events."""
 
     # ------------------------------------------------------------------ public
     @property
     def last_applied(self) -> ClusterTime:
         """Cluster time up to which every change has been applied and committed."""
         return self._last_applied
+
+    @property
+    def read_ahead_events(self) -> int:
+        """Events read ahead and queued, not yet consumed (nothing of them is applied)."""
+        return self._ahead.events
 
     @property
     def start_time(self) -> ClusterTime:
@@ -168,7 +176,7 @@ class Tailer:
                 while True:
                     await call_with_retry(self._config.retry, self._step, self._on_retry)
         except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            raise first_error(group) from None
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self._drop_cursor()
@@ -196,12 +204,16 @@ class Tailer:
         await self._prepare()
         reply: Reply | OperationFailure
         quick = False
+        decoded: list[ChangeEvent | None] | None = None
+        # Replies read ahead come first, even when the server has closed the cursor
+        # since (its last reply): they were read in order from it (a dropped cursor
+        # takes its queue with it).
+        ahead = self._ahead.pop()
         try:
-            if self._cursor is None or not self._cursor.alive:
+            if ahead is not None:
+                reply, decoded, quick = ahead.reply, ahead.decoded, ahead.quick
+            elif self._cursor is None or not self._cursor.alive:
                 reply = await self._open()
-            elif self._prefetched is not None:
-                reply, self._prefetched = self._prefetched, None
-                quick, self._quick = self._quick, False
             else:
                 reply = await self._cursor.next_batch(self._await_ms())
         except OperationFailure as exc:
@@ -218,10 +230,10 @@ class Tailer:
         cursor = self._cursor
         if (not self._careful and cursor is not None and cursor.alive
                 and len(reply.events) >= requested):
-            # A full reply: more is queued. The next getMore runs on the server while
-            # this reply is decoded (and applied, when the batch is due).
-            return await self._consume_ahead(reply, requested, cursor)
-        count = await self._consume(reply, requested)
+            # A full reply: more is queued. The next getMores run on the server while
+            # this reply is consumed (and applied, when the batch is due).
+            return await self._consume_ahead(reply, decoded, requested, cursor)
+        count = await self._consume(reply, requested, decoded)
         if quick and not count and not self._acc.settled and not self._acc.held:
             # A quick read-ahead came back empty: the next step waits for events
             # (max_await_ms) and commits the moved position with them or after it.
@@ -242,42 +254,60 @@ class Tailer:
             await self.lag_seconds()
         return count
 
-    async def _consume_ahead(self, reply: Reply, requested: int,
-                             cursor: ChangeStreamCursor) -> int:
-        """Consume ``reply`` (and flush when due) while the next ``getMore`` is read.
+    async def _consume_ahead(self, reply: Reply, decoded: list[ChangeEvent | None] | None,
+                             requested: int, cursor: ChangeStreamCursor) -> int:
+        """Consume ``reply`` (and flush when due) while the next replies are read ahead.
 
         A DDL event that needs the stream reopened only asks for it here; the cursor is
-        dropped once the in-flight ``getMore`` is back (its reply is then discarded)."""
-        got: list[Reply | OperationFailure] = []
+        dropped once the in-flight ``getMore`` is back (the read-ahead is then discarded).
+        Replies already queued are consumed first; more are read only while the last one
+        read was full and the queue has room.
 
-        async def prefetch() -> None:
-            try:
-                got.append(await cursor.next_batch(1))  # more is queued: no wait
-            except OperationFailure as exc:
-                if (exc.code or 0) not in TOO_LARGE_CODES:
-                    raise
-                got.append(exc)
+        Beside the cuts of the accumulator, a batch is also cut when everything read so
+        far is consumed (no reply queued): applying it now overlaps the apply with the
+        reads still to come, instead of reading a whole batch first. Under a backlog the
+        batches grow by themselves to ``batch_max_events`` while applying is slower than
+        reading (more is read during each apply)."""
+
+        async def work() -> int:
+            count = await self._consume(reply, requested, decoded)
+            if self._acc.due(time.monotonic()) or (self._acc.settled and not self._ahead):
+                await self._flush()
+            return count
 
         self._drop_later = False
-        self._reading_ahead = True
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(prefetch)
-                count = await self._consume(reply, requested)
-                if self._acc.due(time.monotonic()):
+        if self._ahead:
+            # Replies are queued (decoded already): consuming this one is quick, so a
+            # getMore beside it would only make the step wait for the server. Reading
+            # ahead resumes beside the flush, where it overlaps the wait for PostgreSQL.
+            count = await self._consume(reply, requested, decoded)
+            if self._acc.due(time.monotonic()):
+                if self._cursor is cursor and cursor.alive and self._ahead_open():
+                    await self._flush_and_prefetch(cursor, 1)
+                else:
                     await self._flush()
-        except BaseExceptionGroup as group:
-            raise _first_error(group) from None
-        finally:
-            self._reading_ahead = False
-        self._prefetched = got[0] if got else None
-        self._quick = self._prefetched is not None
+        else:
+            self._reading_ahead = True
+            try:
+                count = await self._ahead.beside(
+                    cursor, work, first_wait_ms=1, requested=requested,
+                    keep_going=not self._careful, stop=lambda: self._drop_later)
+            finally:
+                self._reading_ahead = False
         if self._drop_later:
             await self._drop_cursor()
         if time.monotonic() - self._lag_at >= self._config.lag_interval_ms / 1000:
             self._lag_at = time.monotonic()
             await self.lag_seconds()
         return count
+
+    def _ahead_open(self) -> bool:
+        """Whether reading ahead may go on: the last reply queued was full (the server
+        has more) and the queue has room."""
+        last = self._ahead.last
+        return (last is not None and isinstance(last.reply, Reply)
+                and len(last.reply.events) >= self._requested()
+                and self._ahead.events < self._ahead.cap)
 
     async def _end_cursor(self) -> None:
         """Drop the cursor now, or after the in-flight read-ahead ``getMore``."""
@@ -287,24 +317,22 @@ class Tailer:
             await self._drop_cursor()
 
     async def _flush_and_prefetch(self, cursor: ChangeStreamCursor, wait_ms: int) -> None:
-        got: list[Reply | OperationFailure] = []
+        """Flush while the next replies are read (the first waiting ``wait_ms``)."""
 
-        async def prefetch() -> None:
-            try:
-                got.append(await cursor.next_batch(wait_ms))
-            except OperationFailure as exc:
-                if (exc.code or 0) not in TOO_LARGE_CODES:
-                    raise
-                got.append(exc)
+        async def work() -> None:
+            await self._flush()
 
+        self._drop_later = False
+        self._reading_ahead = True
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(prefetch)
-                await self._flush()
-        except BaseExceptionGroup as group:
-            raise _first_error(group) from None
-        self._prefetched = got[0] if got else None
-        self._quick = self._prefetched is not None and wait_ms < self._config.max_await_ms
+            await self._ahead.beside(cursor, work, first_wait_ms=wait_ms,
+                                     requested=self._requested(),
+                                     keep_going=not self._careful,
+                                     stop=lambda: self._drop_later)
+        finally:
+            self._reading_ahead = False
+        if self._drop_later:
+            await self._drop_cursor()
 
     async def close(self) -> None:
         """Close the server cursor (the tailer may be run again afterwards)."""
@@ -383,8 +411,7 @@ class Tailer:
         return StartAt(at_time=self._start)
 
     async def _drop_cursor(self) -> None:
-        self._prefetched = None
-        self._quick = False
+        self._ahead.clear()
         cursor, self._cursor = self._cursor, None
         if cursor is not None:
             with anyio.move_on_after(2):
@@ -415,13 +442,17 @@ class Tailer:
         return self._config.max_await_ms
 
     # ------------------------------------------------------------------ batches
-    async def _consume(self, reply: Reply, requested: int) -> int:
+    async def _consume(self, reply: Reply, requested: int,
+                       decoded: list[ChangeEvent | None] | None = None) -> int:
         now = time.monotonic()
         for n, raw in enumerate(reply.events):
             if n % YIELD_EVERY == YIELD_EVERY - 1:
                 await anyio.lowlevel.checkpoint()  # a read-ahead getMore goes out/comes back
-            data = raw.raw  # data events: envelope read from the bytes
-            fast = decode_raw(data) if isinstance(data, bytes) else None
+            if decoded is not None:
+                fast = decoded[n]  # decoded while read ahead
+            else:
+                data = raw.raw  # data events: envelope read from the bytes
+                fast = decode_raw(data) if isinstance(data, bytes) else None
             if fast is not None:
                 self._assembler.reset()  # as feed() does for a whole event
                 self._acc.add(fast, now)
@@ -635,16 +666,6 @@ def _count_dead_letters(result: Any) -> None:
         lettered = sum(getattr(c, "dead_lettered", 0) for c in per_op.values())
         if lettered:
             metrics.DEAD_LETTERS.labels(str(namespace)).inc(lettered)
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error that failed a read/apply pair (not the cancellation it caused)."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        if not isinstance(exc, anyio.get_cancelled_exc_class()):
-            return exc
-    return group.exceptions[0]
 
 
 def _unknown_stage(exc: OperationFailure) -> bool:

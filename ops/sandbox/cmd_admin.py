@@ -96,7 +96,7 @@ def server_status(ctx: Ctx) -> Reply:
             "uptimeMillis": Int64(int((time.time() - sb.started) * 1000)),
             "localTime": _now(), "connections": {"current": 0, "available": 1_000_000},
             "repl": hello_body(sb, False, ctx.conn.id),
-            "oplog": {"entries": len(sb.oplog.entries), "maxEntries": sb.oplog.max_entries},
+            "oplog": {"entries": sb.oplog.held, "maxEntries": sb.oplog.max_entries},
             "ok": 1.0}
 
 

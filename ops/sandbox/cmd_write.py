@@ -104,20 +104,22 @@ def insert(ctx: Ctx) -> Reply:
     return reply
 
 
-def _new_version(doc: dict[str, Any], spec: dict[str, Any], update: Any,
+def _new_version(doc: dict[str, Any], raw: bytes, spec: dict[str, Any], update: Any,
                  array_filters: list[dict[str, Any]] | None) -> dict[str, Any]:
     if engine.is_replacement(update):
         if "_id" in update and sort_key(update["_id"]) != sort_key(doc["_id"]):
             raise CommandError(66, "the (immutable) field '_id' was found to have been altered")
         return {"_id": doc["_id"], **{k: v for k, v in update.items() if k != "_id"}}
-    return engine.apply_update(doc, spec, update, array_filters)
+    # ``doc`` was decoded from ``raw``: decoding again is a cheap private copy.
+    return engine.apply_update(doc, spec, update, array_filters,
+                               fresh=bson.decode(raw, CODEC))
 
 
 def update_doc(writer: Writer, coll: Collection, match: Match, spec: dict[str, Any],
                update: Any, array_filters: list[dict[str, Any]] | None) -> tuple[bool, bytes]:
     """Apply ``update`` to one matched document; (modified?, bytes after)."""
     key, raw, doc = match
-    new = _new_version(doc, spec, update, array_filters)
+    new = _new_version(doc, raw, spec, update, array_filters)
     new_raw = bson.encode(new)
     if new_raw == raw:
         return False, raw

@@ -22,10 +22,13 @@ from typing import Any
 
 import bson
 import mongomock
+from bson import _raw_to_dict  # the C decoder's one-level split (RawBSONDocument's own)
+from bson.codec_options import CodecOptions
 from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 from bson.max_key import MaxKey
 from bson.min_key import MinKey
+from bson.raw_bson import RawBSONDocument
 from bson.regex import Regex
 from mongomock import collection as mm_collection
 from mongomock import filtering
@@ -240,6 +243,25 @@ def _own_operators(doc: Doc, update: Doc) -> Doc:
     return rest
 
 
+def _plain_set(doc: Doc, update: Doc) -> Doc:
+    """Apply a ``$set`` of top-level field names (no dots, no ``$``) directly, as
+    mongomock would (lists copied, new fields appended); return the rest of ``update``.
+    Anything else — dotted paths, a field another operator of the update touches too —
+    is left to mongomock."""
+    fields = update["$set"]
+    if not isinstance(fields, dict) or not fields:
+        return update
+    others = {path.split(".", 1)[0] for op, spec in update.items() if op != "$set"
+              and isinstance(spec, dict) for path in spec}
+    for name in fields:
+        if (not name or "." in name or name[0] == "$" or "\0" in name
+                or name in others):
+            return update
+    for name, value in fields.items():
+        doc[name] = copy.deepcopy(value) if isinstance(value, list | tuple) else value
+    return {k: v for k, v in update.items() if k != "$set"}
+
+
 def _parent(doc: Doc, path: str) -> tuple[Any, Any]:
     parts = path.split(".")
     node: Any = doc
@@ -255,10 +277,14 @@ def _parent(doc: Doc, path: str) -> tuple[Any, Any]:
 
 
 def apply_update(doc: Doc, spec: Doc, update: Any, array_filters: list[Doc] | None,
-                 inserting: bool = False) -> Doc:
-    """The document after applying ``update`` (operators or pipeline) to ``doc``."""
+                 inserting: bool = False, fresh: Doc | None = None) -> Doc:
+    """The document after applying ``update`` (operators or pipeline) to ``doc``.
+
+    ``fresh`` is a private copy of ``doc`` the update may modify (e.g. decoded again
+    from the stored bytes, which costs a fraction of ``copy.deepcopy``); without one,
+    ``doc`` is deep-copied."""
     scratch = _scratch_collection()
-    new = copy.deepcopy(doc)
+    new = fresh if fresh is not None else copy.deepcopy(doc)
     try:
         if isinstance(update, list):
             scratch._apply_update_pipeline(new, update, None)
@@ -268,6 +294,8 @@ def apply_update(doc: Doc, spec: Doc, update: Any, array_filters: list[Doc] | No
                 update = _apply_array_filters(new, update, array_filters or [])
             if "$inc" in update or "$mul" in update or "$bit" in update:
                 update = _own_operators(new, update)
+            if "$set" in update:
+                update = _plain_set(new, update)
             if update:
                 scratch._apply_update_document(new, spec, update, inserting)
     except CommandError:
@@ -330,15 +358,52 @@ def diff(before: Doc, after: Doc, before_raw: bytes | None = None,
     out = _Diff()
     unchanged: set[str] = set()
     if before_raw is not None and after_raw is not None:
-        try:
-            old, new = bsonraw.elements(before_raw), bsonraw.elements(after_raw)
-        except ValueError:
-            pass
-        else:
-            unchanged = {k for k, v in new.items() if old.get(k) == v}
+        unchanged = _unchanged_fields(before, after, before_raw, after_raw)
     out.doc(before, after, (), unchanged)
     return {"updatedFields": out.updated, "removedFields": out.removed,
             "truncatedArrays": out.truncated, "disambiguatedPaths": out.ambiguous}
+
+
+_RAW_TOP = CodecOptions(document_class=RawBSONDocument)
+
+
+def _unchanged_fields(before: Doc, after: Doc, before_raw: bytes, after_raw: bytes
+                      ) -> set[str]:
+    """Top-level fields whose value is the same before and after.
+
+    The C decoder splits the top level with nested values kept raw (documents as
+    ``RawBSONDocument``, arrays as their bytes; a few µs): nested values are the same
+    when their bytes are, scalars when :func:`_same` would say so (same type, equal).
+    A document the C decoder refuses (e.g. a date out of Python's range) is split by
+    :func:`bsonraw.elements` instead."""
+    old: dict[str, Any] = {}
+    new: dict[str, Any] = {}
+    try:
+        _raw_to_dict(before_raw, 4, len(before_raw) - 1, _RAW_TOP, old, True)
+        _raw_to_dict(after_raw, 4, len(after_raw) - 1, _RAW_TOP, new, True)
+    except Exception:
+        try:
+            old_el, new_el = bsonraw.elements(before_raw), bsonraw.elements(after_raw)
+        except ValueError:
+            return set()
+        return {k for k, v in new_el.items() if old_el.get(k) == v}
+    same: set[str] = set()
+    for k, v in new.items():
+        if k not in old:
+            continue
+        was = old[k]
+        kind = type(v)
+        if kind is not type(was):
+            continue
+        if kind is RawBSONDocument:
+            if was.raw == v.raw:
+                same.add(k)
+        elif kind is bytes:
+            if v == was and isinstance(before.get(k), list) and isinstance(after.get(k), list):
+                same.add(k)  # arrays: a binary value decodes to bytes too, hence the check
+        elif v == was:
+            same.add(k)  # a scalar: the test :func:`_same` makes (same type, equal)
+    return same
 
 
 class _Diff:

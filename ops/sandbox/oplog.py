@@ -5,9 +5,8 @@ increase: the increment counts up within a second and restarts at 1 when the wal
 clock moves on (never backwards). Each committed change is one :class:`Entry`; the
 entries of one transaction share the commit's timestamp and are told apart by their
 index in the transaction, so every entry has a unique position ``(t, i, index)`` and
-positions sort in commit order. The :class:`Oplog` keeps ``max_entries`` of them
-(dropping the oldest first; one of 4,096 entries or more may hold up to a sixteenth
-more before it trims) and remembers the position of the newest dropped entry —
+positions sort in commit order. The :class:`Oplog` keeps at most ``max_entries`` of them
+(dropping the oldest first) and remembers the position of the newest dropped entry —
 initially the moment the sandbox started — so a change stream asked to start before
 it has lost history (code 286). Appending
 wakes every waiting change-stream ``getMore`` through one event that is replaced after
@@ -82,9 +81,13 @@ class Oplog:
 
     def __init__(self, max_entries: int | None = None) -> None:
         self.max_entries = max_entries or DEFAULT_MAX_ENTRIES
-        self.entries: list[Entry] = []
-        self.positions: list[Position] = []
-        self.base = 0                       # seq of entries[0]
+        # Dropped entries leave the front of the lists in chunks (``_dead`` of them are
+        # still there): deleting from the front of a long list on every write would
+        # move every pointer each time once the cap is reached.
+        self._entries: list[Entry] = []
+        self._positions: list[Position] = []
+        self._dead = 0
+        self.base = 0                       # seq of the oldest entry held
         self.clock = Clock()
         # The oplog begins when the sandbox starts: nothing older was ever in it, so a
         # start point before that has lost its history, as on a fresh deployment.
@@ -92,23 +95,32 @@ class Oplog:
         self._changed: anyio.Event | None = None
 
     @property
+    def entries(self) -> list[Entry]:
+        """The entries held, oldest first (a copy)."""
+        return self._entries[self._dead:]
+
+    @property
+    def held(self) -> int:
+        return len(self._entries) - self._dead
+
+    @property
     def next_seq(self) -> int:
-        return self.base + len(self.entries)
+        return self.base + self.held
 
     def append(self, entries: list[Entry]) -> None:
         for entry in entries:
             entry.seq = self.next_seq
-            self.entries.append(entry)
-            self.positions.append(entry.pos)
-        overflow = len(self.entries) - self.max_entries
-        # Trimming moves the whole list: with one entry per write that is quadratic once
-        # the oplog is full, so a large oplog trims in steps of a sixteenth of its size
-        # (small ones, as tests use, stay exact).
-        if overflow > (self.max_entries // 16 if self.max_entries >= 4096 else 0):
-            self.lost = self.positions[overflow - 1]
-            del self.entries[:overflow]
-            del self.positions[:overflow]
+            self._entries.append(entry)
+            self._positions.append(entry.pos)
+        overflow = self.held - self.max_entries
+        if overflow > 0:
+            self._dead += overflow
+            self.lost = self._positions[self._dead - 1]
             self.base += overflow
+            if self._dead >= max(1024, self.max_entries // 8):  # amortised O(1) a write
+                del self._entries[:self._dead]
+                del self._positions[:self._dead]
+                self._dead = 0
         if self._changed is not None:
             self._changed.set()
             self._changed = None
@@ -121,15 +133,15 @@ class Oplog:
 
     def seq_after(self, pos: Position) -> int:
         """Sequence number of the first entry positioned after ``pos``."""
-        return self.base + bisect.bisect_right(self.positions, pos)
+        return self.base + bisect.bisect_right(self._positions, pos, self._dead) - self._dead
 
     def seq_at_or_after(self, pos: Position) -> int:
-        return self.base + bisect.bisect_left(self.positions, pos)
+        return self.base + bisect.bisect_left(self._positions, pos, self._dead) - self._dead
 
     def get(self, seq: int) -> Entry | None:
         i = seq - self.base
-        if 0 <= i < len(self.entries):
-            return self.entries[i]
+        if 0 <= i < self.held:
+            return self._entries[self._dead + i]
         return None
 
     def history_lost(self, after: Position) -> bool:

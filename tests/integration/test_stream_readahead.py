@@ -68,3 +68,41 @@ def test_a_backlog_larger_than_a_reply_converges_through_read_ahead_steps(
         await client.close()
 
     anyio.run(main)
+
+
+def test_replies_read_ahead_during_a_flush_are_applied_only_after_it_and_reread_on_restart(
+        mongo_uri: str, pg_dsn: str) -> None:
+    db = f"t{uuid.uuid4().hex[:10]}"
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        coll = client[db]["c"]
+        async with open_sink(pg_dsn) as sink:
+            config = StreamConfig(batch_max_events=5, batch_max_ms=5000, max_await_ms=50)
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.c"], config=config)
+            await tailer.run_once()
+            start = tailer.last_applied
+            await coll.insert_many([{"_id": i, "n": i} for i in range(60)])
+            # Step until a batch is committed and replies read ahead are left queued.
+            with anyio.fail_after(30):
+                while tailer.read_ahead_events == 0 or tailer.last_applied == start:
+                    await tailer.run_once()
+            queued = tailer.read_ahead_events
+            conn = await pg_connect(pg_dsn)
+            try:
+                ids = [r["_id"] for r in await conn.fetch(
+                    f'SELECT _id FROM "{db}"."c" ORDER BY _id::int')]  # noqa: S608
+            finally:
+                await conn.close()
+            # What was read ahead is not applied: the table holds a prefix of the stream
+            # that ends before the queued events.
+            assert ids == [str(i) for i in range(len(ids))]
+            assert len(ids) + queued <= 60
+            await tailer.close()  # the queued replies are dropped with the cursor
+            again = Tailer(client=client, sink=sink, include=[f"{db}.c"], config=config)
+            await catch_up(again, client, step=True)
+            await again.close()
+        assert await differences(client, pg_dsn, [f"{db}.c"]) == []
+        await client.close()
+
+    anyio.run(main)

@@ -14,6 +14,7 @@ from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
+from cdc import events
 from cdc.events import Delete, Insert, Replace, TxnId, Update, decode_event, decode_raw
 from cdc.types import ClusterTime
 
@@ -93,3 +94,44 @@ def test_fast_envelope_declines_truncated_or_corrupt_bytes(cut: int) -> None:
     data = bson.encode(envelope("delete"))
     assert decode_raw(data[:cut] if cut >= 0 else data[:-1] + b"\x01") is None
     assert decode_raw(b"\x05\x00\x00\x00\x00") is None
+
+
+@pytest.fixture(params=["c", "python"])
+def walker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test with the C walker (cdc._fastevents) and with the Python one."""
+    if request.param == "python":
+        monkeypatch.setattr(events, "_scan_c", None)
+    else:
+        assert events._scan_c is not None, "cdc._fastevents is not built (make venv)"
+    return str(request.param)
+
+
+@pytest.mark.parametrize("doc", AGREEING)
+def test_both_walkers_decode_data_events_like_the_general_path(
+        walker: str, doc: dict[str, Any]) -> None:
+    data = bson.encode(doc)
+    assert decode_raw(data) == decode_event(RawBSONDocument(data))
+
+
+def verdict(data: bytes) -> object:
+    try:
+        return decode_raw(data)
+    except Exception as exc:  # e.g. an ns without db/coll: both must raise the same
+        return type(exc)
+
+
+def test_c_and_python_walkers_agree_on_every_corrupted_byte_and_cut(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert events._scan_c is not None, "cdc._fastevents is not built (make venv)"
+    samples = [bson.encode(d) for d in AGREEING]
+    variants: list[bytes] = []
+    for data in samples:
+        variants.extend(data[:cut] for cut in range(len(data)))
+        for pos in range(len(data)):
+            for value in (0x00, 0x01, 0x03, 0x0A, 0x7F, 0xFF):
+                variants.append(data[:pos] + bytes([value]) + data[pos + 1:])
+    fast = [verdict(v) for v in variants]
+    monkeypatch.setattr(events, "_scan_c", None)
+    slow = [verdict(v) for v in variants]
+    assert sum(v is not None for v in fast) > len(samples)  # not all declined
+    assert fast == slow

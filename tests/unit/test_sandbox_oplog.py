@@ -1,39 +1,34 @@
-"""The sandbox's capped oplog: what it keeps, what it reports lost, and its cost."""
+"""The sandbox oplog's cap: exactly the newest ``max_entries`` are held, whatever the
+chunked trimming does underneath."""
 
 from __future__ import annotations
+
+from bson.timestamp import Timestamp
 
 from ops.sandbox.oplog import Oplog
 
 
-def _append(oplog: Oplog, count: int) -> None:
-    for _ in range(count):
-        ts = oplog.clock.tick()
-        oplog.append([oplog.make(ts, 0, "i", "db", "c")])
-
-
-def test_small_oplog_trims_exactly_and_reports_the_newest_dropped_position() -> None:
-    oplog = Oplog(5)
-    _append(oplog, 5)
-    second = oplog.positions[1]
-    _append(oplog, 2)
-    assert len(oplog.entries) == 5
-    assert oplog.base == 2
-    assert oplog.lost == second
-    assert [e.seq for e in oplog.entries] == list(range(2, 7))
-    assert oplog.get(1) is None
-    assert oplog.get(2) is oplog.entries[0]
-
-
-def test_large_oplog_trims_in_steps_and_stays_consistent() -> None:
-    oplog = Oplog(4096)
-    _append(oplog, 4096 + 256)  # within the slack of a sixteenth: nothing dropped yet
-    newest_to_drop = oplog.positions[256]
-    assert len(oplog.entries) == 4096 + 256
-    assert oplog.base == 0
-    _append(oplog, 1)  # past the slack: back to max_entries at once
-    assert len(oplog.entries) == 4096
-    assert oplog.base == 257
-    assert oplog.lost == newest_to_drop
-    assert oplog.seq_after(oplog.lost) == oplog.base
-    assert [e.seq for e in oplog.entries[:3]] == [257, 258, 259]
-    assert len(oplog.positions) == len(oplog.entries)
+def test_capped_oplog_holds_exactly_the_newest_entries_and_knows_what_it_lost() -> None:
+    oplog = Oplog(max_entries=1500)
+    positions = []
+    for n in range(1, 6001):
+        entry = oplog.make(Timestamp(1_000, n), 0, "insert", "db", "c")
+        oplog.append([entry])
+        positions.append(entry.pos)
+        held = positions[-1500:]
+        assert oplog.held == len(held)
+        assert oplog.next_seq == n
+        assert oplog.base == n - len(held)
+        if n > 1500:
+            assert oplog.lost == positions[n - 1501]
+    assert [e.pos for e in oplog.entries] == positions[-1500:]
+    first = oplog.base
+    assert oplog.get(first - 1) is None
+    first_entry = oplog.get(first)
+    assert first_entry is not None and first_entry.pos == positions[first]
+    assert oplog.get(oplog.next_seq) is None
+    assert oplog.seq_after(positions[first]) == first + 1
+    assert oplog.seq_at_or_after(positions[first]) == first
+    assert oplog.seq_after(positions[0]) == first  # before what is held: the oldest held
+    assert oplog.history_lost(positions[first - 2])
+    assert not oplog.history_lost(positions[first - 1])

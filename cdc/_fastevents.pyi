@@ -1,0 +1,8 @@
+"""Change-event envelopes located in raw BSON (C extension; see _fastevents.c)."""
+
+def scan(
+    raw: bytes | bytearray | memoryview, /
+) -> tuple[int, int, int, int, int, int, int, int, int, int, int, int, int, int | None] | None:
+    """Offsets of a data event's envelope fields ``(op, token_start, token_end, t, i,
+    ns_start, ns_end, key_start, key_end, full_start, full_end, lsid_start, lsid_end,
+    txn_number)`` (-1 / None where absent), or None where the Python path declines."""
