@@ -50,6 +50,10 @@ class Change(msgspec.Struct, frozen=True):
     doc: bytes | None = None
     """Raw BSON of the whole document for upserts; ``None`` for deletes."""
     origin: Origin = Origin.STREAM
+    fresh: bool = False
+    """A hint: the document was inserted at this version (a change stream ``insert``),
+    so its key probably has no row yet and the sink may COPY it straight into the
+    target. Never trusted for correctness: the primary key and a tombstone probe decide."""
 
 
 class Checkpoint(msgspec.Struct, frozen=True):

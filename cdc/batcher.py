@@ -198,7 +198,8 @@ def to_changes(events: Sequence[ChangeEvent], resolve: Resolver = _identity
             # delete settles it — or its collection dropped, which deletes no row.
             continue
         else:
-            change = Change(target, id_bson, version, upsert, event.full_document, stream)
+            change = Change(target, id_bson, version, upsert, event.full_document, stream,
+                            type(event) is Insert)
         key = (target, id_bson)
         latest.pop(key, None)  # re-insert so dict order is the order of last occurrence
         latest[key] = change

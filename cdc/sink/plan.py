@@ -97,8 +97,9 @@ class NamespacePlan:
     """Positions of staged changes that a later-mapped change on the same key beat."""
     staged_upserts: int = 0
     staged_deletes: int = 0
-    all_backfill: bool = True
-    """Every change of this namespace in the batch came from the backfill."""
+    all_new: bool = True
+    """Every change of this namespace in the batch came from the backfill or is a
+    stream insert (:attr:`Change.fresh`): the direct path is worth a try."""
     direct: bool = False
     """The upserts went straight into the target (see ``Sink._direct``)."""
     direct_tails: list[tuple[bool, int]] = field(default_factory=list)
@@ -271,8 +272,8 @@ def plan_batch(batch: Batch, mapper_of: Callable[[Namespace], Mapper]) -> Plan:
         plan = plans[ns] = NamespacePlan(ns, mapper, mapper.tables()[0].name)
         upserts = plan.upserts
         for pos, change in winners.values():
-            if change.origin is not backfill:
-                plan.all_backfill = False
+            if change.origin is not backfill and not change.fresh:
+                plan.all_new = False
             if change.op is upsert:
                 upserts.append((pos, change))
                 continue

@@ -18,7 +18,8 @@ control plane: migrations and target DDL). ``apply`` runs one transaction per ba
    Python while they stream into COPY —, run the delete, upsert and child
    statements of :mod:`cdc.sink.statements`, COPY dead letters, upsert the checkpoint
    (never backwards) and mark the backfill chunk done — then commit. A batch that only
-   copies (backfill) into keys the target has never seen skips staging: its rows are
+   inserts (backfill copies, stream inserts) into keys the target has never seen
+   skips staging: its rows are
    COPYed straight into the target tables inside a savepoint (:meth:`Sink._direct`).
 
 Staging tables are temporary tables of the pooled sessions, created once per
@@ -242,18 +243,22 @@ class Sink:
 
     async def _direct(self, conn: Any, known: _Known, p: NamespacePlan,
                       dead: list[DeadLetter], result: ApplyResult) -> bool:
-        """Backfill into keys the target has never seen: COPY straight into the tables.
+        """Upserts into keys the target has never seen: COPY straight into the tables.
 
-        Taken only for a batch whose changes of this namespace are all backfill
-        upserts. Inside a savepoint the rows are COPYed into the target tables; the
-        primary key rejects any key that has a row (then the savepoint is rolled back),
-        and a probe rejects keys with a tombstone. Either way the batch then goes the
+        Tried only for a batch whose changes of this namespace are all upserts from the
+        backfill or stream inserts (:attr:`~cdc.batch.Change.fresh`). A row COPYed this
+        way wins whatever its origin, as nothing is stored for its key: no row (the
+        primary key) and no tombstone (the probe; tombstones are written under the
+        table's exclusive lock, and this batch holds it shared). Inside a savepoint the
+        rows are COPYed into the target tables; the primary key rejects any key that has
+        a row (then the savepoint is rolled back), and a probe rejects keys with a
+        tombstone. Either way the batch then goes the
         staged, version-guarded way: streams from the C path are written again in their
         staging form (cheap), rows the Python path mapped are reused, never mapped
         twice. A fallback turns the direct path off for the namespace for a while (a
         resync re-copies known keys).
         """
-        if p.deletes or not p.all_backfill or known.direct_pause > 0:
+        if p.deletes or not p.all_new or known.direct_pause > 0:
             known.direct_pause = max(known.direct_pause - 1, 0)
             return False
         nsql = known.sql

@@ -4,14 +4,17 @@ checkpoints, schema creation and connection loss."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 from psycopg import sql
 
-from cdc.batch import Batch, Checkpoint, Op, Origin
+from cdc.batch import Batch, Change, Checkpoint, Op, Origin
 from cdc.errors import InvariantError, TargetUnavailable
 from cdc.sink import Sink
+from cdc.sink.plan import NamespacePlan
 from tests.integration.sink_support import (
     CONTROL,
     NS,
@@ -243,3 +246,44 @@ async def test_backfill_of_unseen_keys_lands_whole_and_stream_changes_follow(
     assert len(got) == 99
     assert got[key_of(7)] == ({"_id": 7, "s": "later"}, 60)
     assert got[key_of(1)][1] == 50
+
+
+def _fresh(i: int, version: int, body: dict[str, object] | None = None) -> Change:
+    """A stream insert event's change (the ``fresh`` hint set)."""
+    return msgspec.structs.replace(upsert(i, version, body), fresh=True)
+
+
+async def test_stream_inserts_of_new_keys_go_straight_into_the_target(
+    sink: Sink, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    direct: list[bool] = []
+    real = Sink._direct
+
+    async def recorded(self: Sink, conn: Any, known: Any, p: NamespacePlan, *a: Any) -> bool:
+        taken = await real(self, conn, known, p, *a)
+        direct.append(p.direct)
+        return taken
+
+    monkeypatch.setattr(Sink, "_direct", recorded)
+    result = await sink.apply(Batch([_fresh(i, 10 + i) for i in range(5)],
+                                    Checkpoint("s", b"t", 14)))
+    assert direct == [True]
+    assert result.of(NS, Op.UPSERT).applied == 5
+    assert rows(pg_dsn) == {key_of(i): ({"_id": i, "v": 10 + i}, 10 + i) for i in range(5)}
+
+
+async def test_a_fresh_hint_never_beats_what_the_target_holds(sink: Sink, pg_dsn: str) -> None:
+    await sink.apply(Batch([upsert(1, 50, {"newer": True}), upsert(2, 20, origin=BACKFILL),
+                            upsert(3, 10), delete(3, 40)]))
+    # Key 1 has a newer row, key 2 a backfill row of the same version (the event wins
+    # the tie), key 3 a newer tombstone, key 4 nothing.
+    result = await sink.apply(Batch([_fresh(1, 30), _fresh(2, 20, {"event": True}),
+                                     _fresh(3, 35), _fresh(4, 36)]))
+    assert rows(pg_dsn) == {
+        key_of(1): ({"_id": 1, "newer": True}, 50),
+        key_of(2): ({"_id": 2, "event": True}, 20),
+        key_of(4): ({"_id": 4, "v": 36}, 36),
+    }
+    assert tombstones(pg_dsn) == {key_of(3): 40}
+    assert result.of(NS, Op.UPSERT).applied == 2
+    assert result.of(NS, Op.UPSERT).skipped == 2

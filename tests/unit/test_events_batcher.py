@@ -125,6 +125,13 @@ def test_changes_are_coalesced_to_the_last_state_per_key_in_stream_order() -> No
     assert counts[("shop.orders", "delete")] == 1
 
 
+def test_only_a_last_state_from_an_insert_event_is_marked_fresh() -> None:
+    changes, _ = to_changes([ins(1, 1), ins(2, 2), upd(3, 2), ins(4, 3), dele(5, 3),
+                             ins(6, 3)])
+    fresh = {bson.decode(c.id_bson)["_id"]: c.fresh for c in changes}
+    assert fresh == {1: True, 2: False, 3: True}  # 3: re-inserted after its delete
+
+
 def test_update_whose_lookup_found_nothing_emits_no_change() -> None:
     changes, _ = to_changes([ins(1, 1), upd(2, 1, doc=False)])
     assert len(changes) == 1
