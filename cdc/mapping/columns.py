@@ -31,7 +31,7 @@ from cdc.errors import ConfigError, MappingError
 from cdc.mapping.config import ColumnRule, MappingRule
 from cdc.mapping.convert import Backward, Forward, converters, pg_type
 from cdc.mapping.copyrows import Spec, column_spec, copy_rows
-from cdc.mapping.document import KEY, KEY_COLUMNS, RESERVED, decode_id, key_parts
+from cdc.mapping.document import KEY, KEY_COLUMNS, RESERVED, decode_id, id_key, key_parts
 from cdc.mapping.ejson import canonical_json, decode, from_ejson, needs_walker, relaxed_json_part
 from cdc.mapping.model import Column, CopyRows, MappedDocument, TableShape
 from cdc.mapping.names import check_unique, pg_identifier
@@ -169,9 +169,7 @@ class ColumnMapper:
         return (self._root, *(c.shape for c in self._children))
 
     def map_key(self, id_bson: bytes) -> bytes:
-        from cdc.mapping.keys import encode_key_value
-
-        return encode_key_value(decode_id(id_bson))
+        return id_key(id_bson)
 
     def _json(self, value: Any, walker: bool) -> str:
         data = canonical_json(value) if self._canonical else relaxed_json_part(value, walker)

@@ -75,6 +75,13 @@ def key_parts(doc: dict[str, Any], raw: bytes) -> tuple[bytes, str, bytes]:
     return encode_key_value(value), render_id(value), id_bson_from_raw(raw)
 
 
+def id_key(id_bson: bytes) -> bytes:
+    """``_key`` of a BSON ``{"_id": value}`` document (an ObjectId without decoding)."""
+    if len(id_bson) == 22 and id_bson[4:9] == b"\x07_id\x00":
+        return b"\x23" + id_bson[9:21]
+    return encode_key_value(decode_id(id_bson))
+
+
 def decode_id(id_bson: bytes) -> Any:
     """The ``_id`` value of a BSON ``{"_id": value}`` document."""
     try:
@@ -104,7 +111,7 @@ class DocumentMapper:
         return (self._shape,)
 
     def map_key(self, id_bson: bytes) -> bytes:
-        return encode_key_value(decode_id(id_bson))
+        return id_key(id_bson)
 
     def map_document(self, raw: bytes) -> MappedDocument:
         if not self._canonical:

@@ -365,7 +365,8 @@ class Sink:
                     f"({LOCK_SPACE}, {key})"
                     for key, exclusive in sorted(locks.items())
                 ))
-            dels = [(k.sql.index, *d) for k, p in work for d in p.deletes]
+            dels = [(known.sql.index, key, v, s, q) for known, p in work
+                    for key, v, s, q in p.deletes]
             if dels:
                 await conn.copy_records_to_table(
                     statements.DELETES_STAGE, schema_name="pg_temp", records=dels,

@@ -192,7 +192,7 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
         ).format(n=sql.SQL(str(n)), ctarget=ctarget, parent=parent_col))
 
     delete = sql.SQL(
-        "WITH c AS (SELECT x.k, x.v, x.s, greatest("
+        "WITH c AS MATERIALIZED (SELECT x.k, x.v, x.s, greatest("
         "(SELECT r.{v} FROM {target} r WHERE r.{k} = x.k),"
         " (SELECT tb.version FROM {ctl} tb WHERE tb.table_name = $1 AND tb.key = x.k))"
         " AS stored FROM pg_temp.{dels} x WHERE x.t = {idx}),"

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 
 from cdc.errors import MappingError
 from cdc.mapping import MappingConfig, MappingRule, resolve
-from cdc.mapping.document import DocumentMapper, render_id
+from cdc.mapping.document import DocumentMapper, decode_id, id_key, render_id
 from cdc.mapping.ejson import (
     DECODE_OPTIONS,
     _has_positive_exponent,
@@ -26,7 +26,7 @@ from cdc.mapping.ejson import (
     to_ejson,
 )
 from cdc.mapping.keys import encode_key_value
-from tests.unit.bson_strategies import PROPERTY, documents
+from tests.unit.bson_strategies import PROPERTY, documents, id_values, object_ids
 
 CANONICAL = MappingConfig(json="canonical")
 
@@ -262,3 +262,22 @@ def test_fast_path_guard_spots_dollar_fields_and_non_finite_doubles(
 )
 def test_exponent_guard_finds_numbers_not_hex_or_text(json_text: bytes, expected: bool) -> None:
     assert _has_positive_exponent(json_text) is expected
+
+
+@given(id_values)
+@settings(max_examples=200)
+def test_map_key_of_an_id_document_equals_the_key_of_its_value(value: Any) -> None:
+    id_bson = bson.encode({"_id": value})
+    try:
+        expected = encode_key_value(decode_id(id_bson))
+    except MappingError:
+        with pytest.raises(MappingError):
+            id_key(id_bson)
+        return
+    assert id_key(id_bson) == expected
+    assert DocumentMapper("s", "t").map_key(id_bson) == expected
+
+
+@given(object_ids)
+def test_map_key_of_an_object_id_is_its_type_byte_and_twelve_bytes(oid: ObjectId) -> None:
+    assert id_key(bson.encode({"_id": oid})) == b"\x23" + oid.binary
