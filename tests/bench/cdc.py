@@ -44,6 +44,7 @@ import time
 from typing import Any
 
 import anyio
+import anyio.abc
 import asyncpg
 import bson
 import msgspec
@@ -53,6 +54,7 @@ from pymongo import AsyncMongoClient, DeleteOne, UpdateOne
 
 from cdc.batch import Batch, Change, Checkpoint, Op, Origin
 from cdc.cursor import RAW, ChangeStreamCursor, StartAt, operation_time
+from cdc.errors import HistoryLostError
 from cdc.mapping.document import DocumentMapper
 from cdc.mapping.model import TableShape
 from cdc.sink import Sink
@@ -255,6 +257,9 @@ class LagRun(msgspec.Struct, frozen=True):
     offered: float
     written: int
     seconds: float
+    history_lost: bool = False
+    """The tailer fell behind the sandbox's oplog window (code 286): the offered load
+    outran this machine; the run stopped there."""
 
 
 async def steady_lag(client: AsyncMongoClient[Any], sink: Sink, uri: str, rate: float,
@@ -266,11 +271,27 @@ async def steady_lag(client: AsyncMongoClient[Any], sink: Sink, uri: str, rate: 
     # (monotonic time first seen, last_applied): appended whenever last_applied moves.
     seen: list[tuple[float, ClusterTime]] = []
     output = bytearray()
+    command = [sys.executable, "-m", "tests.bench.cdc_load", uri, str(rate), str(seconds),
+               str(base), str(seed)]
+    started: list[anyio.abc.Process] = []
+    run: LagRun | None = None
+    try:
+        run = await _follow(tailer, command, started, output, seen, rate)
+    except* HistoryLostError:
+        for load in started:
+            if load.returncode is None:
+                load.kill()
+                await load.wait()
+    return run if run is not None else LagRun([], rate, 0, seconds, history_lost=True)
+
+
+async def _follow(tailer: Tailer, command: list[str], started: list[anyio.abc.Process],
+                  output: bytearray, seen: list[tuple[float, ClusterTime]], rate: float
+                  ) -> LagRun:
     async with anyio.create_task_group() as tg:
         await tg.start(tailer.run)
-        load = await anyio.open_process(
-            [sys.executable, "-m", "tests.bench.cdc_load", uri, str(rate), str(seconds),
-             str(base), str(seed)], stderr=None)
+        load = await anyio.open_process(command, stderr=None)
+        started.append(load)
 
         async def read_output() -> None:
             assert load.stdout is not None
@@ -443,6 +464,12 @@ def report(args: argparse.Namespace, results: list[Result], lag: LagRun | None) 
           " committed (C_merge uses ceil(events / batch)).")
     if lag is None:
         return
+    if lag.history_lost:
+        print(f"\nsteady load: {lag.offered:,.0f} updates/s offered: the tailer fell behind"
+              " the sandbox's oplog window (code 286, resync required) — the load is more"
+              " than this machine's source, PostgreSQL and tailer can carry together; try a"
+              " lower --rate")
+        return
     lags = [v for _, v in lag.points]
     print(f"\nsteady load: {lag.offered:,.0f} updates/s offered, "
           f"{lag.written / lag.seconds:,.0f}/s achieved ({lag.written} updates in "
@@ -470,10 +497,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.0,
                         help="offered updates/s (overrides --load)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--oplog-entries", type=int, default=400_000,
+                        help="the sandbox's oplog size: how far the tailer may fall behind")
     args = parser.parse_args()
     # The oplog only needs to hold the catch-up backlog; a 2-minute load at several
     # thousand updates/s would otherwise keep ~10^6 entries in the sandbox's memory.
-    proc, uri = start_sandbox_process(["--oplog-max-entries", "400000"])
+    proc, uri = start_sandbox_process(["--oplog-max-entries", str(args.oplog_entries)])
     pg = TempPostgres()
     dsn = pg.start()
     try:
