@@ -41,13 +41,15 @@ class SizeEstimate(msgspec.Struct, frozen=True):
 
 def chunk_count(estimate: SizeEstimate, config: BackfillConfig) -> int:
     """Chunks for a collection: the largest of the document- and byte-based counts and
-    twice the worker count (when the collection has that many batches' worth)."""
+    eight per worker (when the collection has that many batches' worth): small chunks at
+    the end keep every worker busy until the last one, instead of one worker copying a
+    large last chunk alone."""
     if estimate.documents <= 0:
         return 1
     by_docs = math.ceil(estimate.documents / max(1, config.chunk_documents))
     by_bytes = math.ceil(estimate.documents * estimate.avg_bytes / max(1, config.chunk_bytes))
     # Enough chunks to keep every worker busy, as long as a chunk still fills a batch.
-    parallel = min(2 * config.workers, estimate.documents // max(1, config.batch_size))
+    parallel = min(8 * config.workers, estimate.documents // max(1, config.batch_size))
     wanted = max(by_docs, by_bytes, parallel)
     return max(1, min(config.max_chunks_per_collection, wanted, estimate.documents))
 

@@ -64,13 +64,28 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _phase(dsn: str) -> str | None:
-    try:
-        with psycopg.connect(dsn) as conn:
-            row = conn.execute(f"SELECT phase FROM {CONTROL}.phase").fetchone()  # noqa: S608
+class _PhaseWatch:
+    """The daemon's persisted phase, read over one kept connection (polled every 20 ms
+    without a connection set-up each time, which would load the server it measures)."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def __call__(self) -> str | None:
+        try:
+            if self._conn is None:
+                self._conn = psycopg.connect(self._dsn, autocommit=True)
+            row = self._conn.execute(f"SELECT phase FROM {CONTROL}.phase").fetchone()  # noqa: S608
             return None if row is None else str(row[0])
-    except psycopg.Error:
-        return None
+        except psycopg.Error:
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 async def _copy_ceiling(dsn: str, table: str) -> tuple[int, float]:
@@ -125,21 +140,23 @@ def measure(docs: int, workers: int) -> Run:
         sandbox_cpu0 = _cpu_seconds(sandbox.pid)
         launched = time.perf_counter()
         daemon = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
-        # The backfill phase starts once the stream is open and the chunks are planned:
-        # the CPU spent before (interpreter start, imports, connecting) is fixed.
-        phase = _phase(dsn)
+        # The backfilling phase starts once the change stream is open; it includes the
+        # planning. The CPU spent before (interpreter start, imports, connecting) is fixed.
+        watch = _PhaseWatch(dsn)
+        phase = watch()
         while phase in (None, "init"):
             if daemon.poll() is not None:
                 raise SystemExit(f"daemon exited with {daemon.returncode}")
             time.sleep(0.02)
-            phase = _phase(dsn)
+            phase = watch()
         phase_began, cpu_at_phase = time.perf_counter(), _cpu_seconds(daemon.pid)
         while phase == "backfilling":
             if daemon.poll() is not None:
                 raise SystemExit(f"daemon exited with {daemon.returncode}")
-            time.sleep(0.2)
-            phase = _phase(dsn)
+            time.sleep(0.02)
+            phase = watch()
         ended = time.perf_counter()
+        watch.close()
         cpu = _cpu_seconds(daemon.pid)
         sandbox_cpu = _cpu_seconds(sandbox.pid) - sandbox_cpu0
         rss = _peak_rss_mb(daemon.pid)

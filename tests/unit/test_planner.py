@@ -73,7 +73,10 @@ def test_one_chunk_for_small_or_empty_collections() -> None:
     assert chunks_from_splits(NS, [])[0].lower is None
     # A collection smaller than one chunk is still cut for the workers.
     assert chunk_count(SizeEstimate(50_000, 100.0),
-                       BackfillConfig(workers=4, chunk_documents=100_000, batch_size=1000)) == 8
+                       BackfillConfig(workers=4, chunk_documents=100_000, batch_size=1000)) == 32
+    # ... but never below one batch per chunk.
+    assert chunk_count(SizeEstimate(50_000, 100.0),
+                       BackfillConfig(workers=4, chunk_documents=100_000, batch_size=5000)) == 10
 
 
 ids = st.one_of(
