@@ -97,13 +97,16 @@ class _Fallback(Exception):
 
 
 DIRECT_PAUSE = 16
-"""Batches of a namespace that skip the direct path after it had to fall back."""
+"""At most this many batches of a namespace skip the direct path after it had to fall
+back: 0 after a first fallback (a change stream insert may have landed a key of the
+chunk first), then 1, 3, 7, 15 while fallbacks follow each other (a re-copy into known
+keys); a direct batch that lands starts the count again."""
 
 
 class _Known:
     """What the sink has ensured for one namespace."""
 
-    __slots__ = ("direct_pause", "mapper", "shapes", "sql")
+    __slots__ = ("direct_misses", "direct_pause", "mapper", "shapes", "sql")
 
     def __init__(self, mapper: Mapper, shapes: tuple[TableShape, ...],
                  nsql: statements.NamespaceSql) -> None:
@@ -111,6 +114,11 @@ class _Known:
         self.shapes = shapes
         self.sql = nsql
         self.direct_pause = 0
+        self.direct_misses = 0
+
+    def direct_fell_back(self) -> None:
+        self.direct_pause = min(DIRECT_PAUSE, (1 << self.direct_misses) - 1)
+        self.direct_misses += 1
 
 
 class Sink:
@@ -274,11 +282,12 @@ class Sink:
                                            min(keys), max(keys)):
                         raise _Fallback
             except (_Fallback, asyncpg.exceptions.UniqueViolationError):
-                known.direct_pause = DIRECT_PAUSE
+                known.direct_fell_back()
                 p.staged_upserts = 0
                 await self._stage(conn, nsql, p, dead, result)
                 return True
             p.direct = True
+            known.direct_misses = 0
             result.of(p.namespace, Op.UPSERT).applied += p.staged_upserts
             return True
         taken: list[tuple[Any, ...]] = []
@@ -306,7 +315,7 @@ class Sink:
                                            min(keys), max(keys)):
                         raise _Fallback
         except (_Fallback, asyncpg.exceptions.UniqueViolationError):
-            known.direct_pause = DIRECT_PAUSE
+            known.direct_fell_back()
             taken.extend(source)  # map the rest, once
             await conn.copy_records_to_table(
                 nsql.stage, schema_name="pg_temp", records=p.staging_records(taken),
@@ -319,6 +328,7 @@ class Sink:
                         columns=child.columns)
             return True
         p.direct = True
+        known.direct_misses = 0
         result.of(p.namespace, Op.UPSERT).applied += p.staged_upserts
         return True
 

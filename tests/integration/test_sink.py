@@ -287,3 +287,27 @@ async def test_a_fresh_hint_never_beats_what_the_target_holds(sink: Sink, pg_dsn
     assert tombstones(pg_dsn) == {key_of(3): 40}
     assert result.of(NS, Op.UPSERT).applied == 2
     assert result.of(NS, Op.UPSERT).skipped == 2
+
+
+async def test_an_isolated_direct_fallback_does_not_keep_the_direct_path_off(
+    sink: Sink, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    direct: list[bool] = []
+    real = Sink._direct
+
+    async def recorded(self: Sink, conn: Any, known: Any, p: NamespacePlan, *a: Any) -> bool:
+        taken = await real(self, conn, known, p, *a)
+        direct.append(p.direct)
+        return taken
+
+    monkeypatch.setattr(Sink, "_direct", recorded)
+
+    async def copy(first: int) -> None:
+        await sink.apply(Batch([upsert(i, 10, origin=BACKFILL) for i in range(first, first + 5)]))
+
+    # direct; a key already there (falls back); direct again at once; falls back twice
+    # in a row, so the next batch is staged without trying; then direct.
+    for first in (0, 3, 20, 23, 26, 40, 50):
+        await copy(first)
+    assert direct == [True, False, True, False, False, False, True]
+    assert len(rows(pg_dsn)) == 5 + 3 + 5 + 3 + 3 + 5 + 5
