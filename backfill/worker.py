@@ -106,6 +106,9 @@ class Backfill:
         self.copied_documents = 0
         self.copied_chunks = 0
         self._stop = anyio.Event()
+        self._changed = anyio.Event()
+        """Set (and replaced) when a worker of this process ends a chunk, or on a stop:
+        wakes the workers waiting for chunks leased by others."""
         # Brackets of the smallest and largest _id per namespace, read once per run
         # (always after the change stream opened; see reader.chunk_filter).
         self._spans: dict[Namespace, Span] = {}
@@ -114,6 +117,7 @@ class Backfill:
     def request_stop(self) -> None:
         """Finish the batches being written, hand unfinished chunks back, return."""
         self._stop.set()
+        self._changed.set()
 
     @property
     def stopping(self) -> bool:
@@ -160,11 +164,16 @@ class Backfill:
         failures = 0
         while not self.stopping:
             chunk: ChunkRecord | None = None
+            changed = self._changed  # before the claim: no chunk end goes unnoticed
             try:
                 async with self.limiter:
                     chunk = await self.store.claim(namespaces)
                     if chunk is not None:
-                        await self.copy_chunk(chunk)
+                        try:
+                            await self.copy_chunk(chunk)
+                        finally:
+                            self._changed.set()
+                            self._changed = anyio.Event()
                         failures = 0
                         continue
                 if await self.store.remaining(namespaces) == 0:
@@ -184,9 +193,11 @@ class Backfill:
                             pass
                 await anyio.sleep(min(30.0, 0.2 * 2 ** min(failures, 7)))
                 continue
-            # Chunks are leased by other workers (maybe a dead process): wait, retry.
-            with anyio.move_on_after(min(1.0, self.config.lease_seconds / 4)):
-                await self._stop.wait()
+            # Chunks are leased by other workers (maybe a dead process): wait until one
+            # of ours ends a chunk, or a while for other processes' leases, then retry.
+            if not self.stopping:
+                with anyio.move_on_after(min(1.0, self.config.lease_seconds / 4)):
+                    await changed.wait()
 
     async def copy_chunk(self, chunk: ChunkRecord) -> bool:
         """Copy one claimed chunk; True when it was completed (marked done)."""
