@@ -260,11 +260,11 @@ class Sink:
         table's exclusive lock, and this batch holds it shared). Inside a savepoint the
         rows are COPYed into the target tables; the primary key rejects any key that has
         a row (then the savepoint is rolled back), and a probe rejects keys with a
-        tombstone. Either way the batch then goes the
-        staged, version-guarded way: streams from the C path are written again in their
-        staging form (cheap), rows the Python path mapped are reused, never mapped
-        twice. A fallback turns the direct path off for the namespace for a while (a
-        resync re-copies known keys).
+        tombstone. Either way the batch then goes the staged, version-guarded way:
+        streams from the C path are written again in their staging form (cheap), rows
+        the Python path mapped are reused, never mapped twice. Fallbacks that follow
+        each other turn the direct path off for a growing number of batches (see
+        :data:`DIRECT_PAUSE`; a resync re-copies known keys).
         """
         if p.deletes or not p.all_new or known.direct_pause > 0:
             known.direct_pause = max(known.direct_pause - 1, 0)
