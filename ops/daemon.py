@@ -32,6 +32,7 @@ the committed checkpoint and the chunk table.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -62,9 +63,23 @@ log = logging.getLogger("mongo2pg.daemon")
 SWEEP_KEY = "resync.sweep_before"
 
 
+GC_THRESHOLD = (50_000, 20, 100)
+"""The cyclic garbage collector's thresholds in the daemon (CPython's default is 700,
+10, 10). Each batch allocates tens of thousands of short-lived objects that reference
+counting frees; at the default, a young-generation collection ran every 700 of them and
+an older one now and then over the whole heap — about a tenth of the backfill's CPU."""
+
+
+def tune_gc() -> None:
+    """Collect cyclic garbage less often, and never scan what start-up created."""
+    gc.freeze()  # modules, classes, config: alive until exit, no need to traverse them
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 def run_daemon(config: Config, reload: Callable[[], Config] | None = None) -> int:
     """Run until SIGTERM; returns the process exit code. ``reload`` (the CLI passes one)
     re-reads the configuration on SIGHUP."""
+    tune_gc()
     try:
         return anyio.run(Daemon(config, reload).run, backend="asyncio")
     except Exception as exc:
