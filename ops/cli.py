@@ -97,6 +97,7 @@ def _recopy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ids-file", default=None, metavar="FILE",
                    help="only the _ids in FILE, one Extended JSON value per line")
     p.add_argument("--workers", type=int, default=None, help="chunks copied at once")
+    p.set_defaults(metrics_port=None, throttle=None)  # the run overrides it does not take
 
 
 @command("recopy", "copy a collection, or some of its documents, again (safe beside a"
@@ -106,7 +107,7 @@ def _recopy_cmd(args: argparse.Namespace) -> int:
 
     from ops.recopy import check_namespace, parse_ids, read_ids_file, recopy
 
-    config = _run_overrides(effective_config(args), _workers_only(args.workers))
+    config = _run_overrides(effective_config(args), args)
     require(config)
     namespace = check_namespace(args.namespace)
     ids: list[object] | None = None
@@ -118,11 +119,6 @@ def _recopy_cmd(args: argparse.Namespace) -> int:
     copied = anyio.run(recopy, config, namespace, ids)
     print(f"{namespace}: {copied} documents copied again")
     return 0
-
-
-def _workers_only(workers: int | None) -> argparse.Namespace:
-    """The ``run`` overrides of a command that only takes ``--workers``."""
-    return argparse.Namespace(metrics_port=None, workers=workers, throttle=None)
 
 
 def _sandbox_args(p: argparse.ArgumentParser) -> None:

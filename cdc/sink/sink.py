@@ -34,7 +34,7 @@ so a retry of the same batch is exact.
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import anyio
@@ -274,9 +274,12 @@ class Sink:
         if fast is not None:
             try:
                 async with conn.transaction():  # a savepoint
-                    await _copy_stream(conn, nsql.root, fast.root, nsql.target_columns)
+                    root = nsql.root
+                    await _copy_stream(conn, root.schema, root.name, fast.root,
+                                       nsql.target_columns)
                     for child, data in zip(nsql.children, fast.children, strict=True):
-                        await _copy_stream(conn, child.shape, data, child.columns)
+                        await _copy_stream(conn, child.shape.schema, child.shape.name, data,
+                                           child.columns)
                     keys = fast.keys
                     if await conn.fetchval(nsql.count_tombstones, nsql.root.qualified, keys,
                                            min(keys), max(keys)):
@@ -286,10 +289,7 @@ class Sink:
                 p.staged_upserts = 0
                 await self._stage(conn, nsql, p, dead, result)
                 return True
-            p.direct = True
-            known.direct_misses = 0
-            result.of(p.namespace, Op.UPSERT).applied += p.staged_upserts
-            return True
+            return _landed_direct(known, p, result)
         taken: list[tuple[Any, ...]] = []
         source = p.root_records(dead, result, direct=True)
 
@@ -317,40 +317,21 @@ class Sink:
         except (_Fallback, asyncpg.exceptions.UniqueViolationError):
             known.direct_fell_back()
             taken.extend(source)  # map the rest, once
-            await conn.copy_records_to_table(
-                nsql.stage, schema_name="pg_temp", records=p.staging_records(taken),
-                columns=nsql.stage_columns)
-            for child in nsql.children:
-                child_rows = p.children_without_losers(child.shape.name)
-                if child_rows:
-                    await conn.copy_records_to_table(
-                        child.stage, schema_name="pg_temp", records=child_rows,
-                        columns=child.columns)
+            await _stage_records(conn, nsql, p, p.staging_records(taken))
             return True
-        p.direct = True
-        known.direct_misses = 0
-        result.of(p.namespace, Op.UPSERT).applied += p.staged_upserts
-        return True
+        return _landed_direct(known, p, result)
 
     async def _stage(self, conn: Any, nsql: statements.NamespaceSql, p: NamespacePlan,
                      dead: list[DeadLetter], result: ApplyResult) -> None:
         """COPY the upserts of ``p`` into the namespace's staging tables."""
         fast = p.fast_rows(staged=True)
         if fast is not None:
-            await _copy_stream(conn, None, fast.root, nsql.stage_columns, nsql.stage)
+            await _copy_stream(conn, "pg_temp", nsql.stage, fast.root, nsql.stage_columns)
             for child, data in zip(nsql.children, fast.children, strict=True):
-                await _copy_stream(conn, None, data, child.columns, child.stage)
+                await _copy_stream(conn, "pg_temp", child.stage, data, child.columns)
             return
         # Mapping runs inside this COPY, overlapping the server's parsing.
-        await conn.copy_records_to_table(
-            nsql.stage, schema_name="pg_temp",
-            records=p.root_records(dead, result), columns=nsql.stage_columns)
-        for child in nsql.children:
-            rows = p.children_without_losers(child.shape.name)
-            if rows:
-                await conn.copy_records_to_table(
-                    child.stage, schema_name="pg_temp", records=rows,
-                    columns=child.columns)
+        await _stage_records(conn, nsql, p, p.root_records(dead, result))
 
     async def _write(self, conn: Any, batch: Batch, plans: dict[Namespace, NamespacePlan],
                      dead: list[DeadLetter], result: ApplyResult) -> None:
@@ -434,23 +415,38 @@ async def _pieces(view: memoryview) -> AsyncIterator[memoryview]:
         yield view[at:at + _COPY_PIECE]
 
 
-async def _copy_stream(conn: Any, shape: TableShape | None, data: bytes,
-                       columns: tuple[str, ...], stage: str | None = None) -> None:
-    """COPY a complete binary COPY stream into ``shape``'s table (or the staging table
-    ``stage``); a stream without rows costs no round trip."""
+async def _copy_stream(conn: Any, schema: str, table: str, data: bytes,
+                       columns: tuple[str, ...]) -> None:
+    """COPY a complete binary COPY stream into ``schema.table``; a stream without rows
+    costs no round trip."""
     if len(data) <= _EMPTY_STREAM:
         return
     view = memoryview(data)  # asyncpg would take bytes for a file name
     # asyncpg sends a buffer as one CopyData message, and PostgreSQL refuses a message
     # of 1 GB or more: a large stream goes in pieces.
     source: Any = view if len(view) <= _COPY_PIECE else _pieces(view)
-    if stage is not None:
-        await conn.copy_to_table(stage, schema_name="pg_temp", source=source,
-                                 columns=columns, format="binary")
-    else:
-        assert shape is not None
-        await conn.copy_to_table(shape.name, schema_name=shape.schema, source=source,
-                                 columns=columns, format="binary")
+    await conn.copy_to_table(table, schema_name=schema, source=source, columns=columns,
+                             format="binary")
+
+
+async def _stage_records(conn: Any, nsql: statements.NamespaceSql, p: NamespacePlan,
+                         records: Iterable[tuple[Any, ...]]) -> None:
+    """COPY root rows mapped in Python, and their child rows, into staging."""
+    await conn.copy_records_to_table(nsql.stage, schema_name="pg_temp", records=records,
+                                     columns=nsql.stage_columns)
+    for child in nsql.children:
+        rows = p.children_without_losers(child.shape.name)
+        if rows:
+            await conn.copy_records_to_table(child.stage, schema_name="pg_temp",
+                                             records=rows, columns=child.columns)
+
+
+def _landed_direct(known: _Known, p: NamespacePlan, result: ApplyResult) -> bool:
+    """Bookkeeping of upserts that went straight into the target."""
+    p.direct = True
+    known.direct_misses = 0
+    result.of(p.namespace, Op.UPSERT).applied += p.staged_upserts
+    return True
 
 
 def _namespaces(batch: Batch) -> list[Namespace]:

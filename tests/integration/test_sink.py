@@ -253,18 +253,25 @@ def _fresh(i: int, version: int, body: dict[str, object] | None = None) -> Chang
     return msgspec.structs.replace(upsert(i, version, body), fresh=True)
 
 
-async def test_stream_inserts_of_new_keys_go_straight_into_the_target(
-    sink: Sink, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    direct: list[bool] = []
+@pytest.fixture
+def direct(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Per namespace batch the direct path was offered: whether its rows went straight
+    into the target."""
+    went: list[bool] = []
     real = Sink._direct
 
     async def recorded(self: Sink, conn: Any, known: Any, p: NamespacePlan, *a: Any) -> bool:
         taken = await real(self, conn, known, p, *a)
-        direct.append(p.direct)
+        went.append(p.direct)
         return taken
 
     monkeypatch.setattr(Sink, "_direct", recorded)
+    return went
+
+
+async def test_stream_inserts_of_new_keys_go_straight_into_the_target(
+    sink: Sink, pg_dsn: str, direct: list[bool]
+) -> None:
     result = await sink.apply(Batch([_fresh(i, 10 + i) for i in range(5)],
                                     Checkpoint("s", b"t", 14)))
     assert direct == [True]
@@ -290,17 +297,8 @@ async def test_a_fresh_hint_never_beats_what_the_target_holds(sink: Sink, pg_dsn
 
 
 async def test_an_isolated_direct_fallback_does_not_keep_the_direct_path_off(
-    sink: Sink, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+    sink: Sink, pg_dsn: str, direct: list[bool]
 ) -> None:
-    direct: list[bool] = []
-    real = Sink._direct
-
-    async def recorded(self: Sink, conn: Any, known: Any, p: NamespacePlan, *a: Any) -> bool:
-        taken = await real(self, conn, known, p, *a)
-        direct.append(p.direct)
-        return taken
-
-    monkeypatch.setattr(Sink, "_direct", recorded)
 
     async def copy(first: int) -> None:
         await sink.apply(Batch([upsert(i, 10, origin=BACKFILL) for i in range(first, first + 5)]))

@@ -130,20 +130,28 @@ def _counts(result: Any, ns: Namespace) -> Any:
             for op, c in result.counts.get(str(ns), {}).items()}
 
 
-@pytest.mark.parametrize("seed", range(24))
-async def test_c_path_equals_python_path(sink: Sink, pg_dsn: str, seed: int,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    if seed % 2:  # every other run sends the streams in 64-byte CopyData pieces
-        monkeypatch.setattr(sink_module, "_COPY_PIECE", 64)
-    taken: list[bool] = []
+@pytest.fixture
+def c_path(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, bool]]:
+    """(staged, taken) of every C-path attempt for the FAST namespaces."""
+    attempts: list[tuple[bool, bool]] = []
     fast_rows = NamespacePlan.fast_rows
 
     def counted(self: NamespacePlan, *, staged: bool) -> Any:
         rows = fast_rows(self, staged=staged)
-        taken.append(rows is not None)
+        if self.namespace in FAST:
+            attempts.append((staged, rows is not None))
         return rows
 
     monkeypatch.setattr(NamespacePlan, "fast_rows", counted)
+    return attempts
+
+
+@pytest.mark.parametrize("seed", range(24))
+async def test_c_path_equals_python_path(sink: Sink, pg_dsn: str, seed: int,
+                                         c_path: list[tuple[bool, bool]],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    if seed % 2:  # every other run sends the streams in 64-byte CopyData pieces
+        monkeypatch.setattr(sink_module, "_COPY_PIECE", 64)
     rng = random.Random(seed)
     script = _script(rng)
     for ns in FAST + SLOW:
@@ -160,22 +168,12 @@ async def test_c_path_equals_python_path(sink: Sink, pg_dsn: str, seed: int,
     for f, s in zip(FAST, SLOW, strict=True):
         assert _state(pg_dsn, f) == _state(pg_dsn, s), seed
     if seed in (0, 1):  # scripts of these seeds are known to reach the C path
-        assert any(taken), "the C path was never taken"
+        assert any(taken for _, taken in c_path), "the C path was never taken"
 
 
 async def test_clean_batches_take_the_c_path_direct_then_staged(
-    sink: Sink, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+    sink: Sink, pg_dsn: str, c_path: list[tuple[bool, bool]]
 ) -> None:
-    taken: list[tuple[bool, bool]] = []
-    fast_rows = NamespacePlan.fast_rows
-
-    def counted(self: NamespacePlan, *, staged: bool) -> Any:
-        rows = fast_rows(self, staged=staged)
-        if self.namespace in FAST:
-            taken.append((staged, rows is not None))
-        return rows
-
-    monkeypatch.setattr(NamespacePlan, "fast_rows", counted)
     rng = random.Random(5)
     clean = [{"_id": i, "c": "p", "items": [{"n": i, "o": 0}] * (i % 3), "w": i}
              for i in range(40)]
@@ -186,5 +184,5 @@ async def test_clean_batches_take_the_c_path_direct_then_staged(
     for batch in (backfill, stream):
         for group in (FAST, SLOW):
             await sink.apply(Batch([_change(group[0], *change) for change in batch]))
-    assert taken == [(False, True), (True, True)]  # direct, then staged
+    assert c_path == [(False, True), (True, True)]  # direct, then staged
     assert _state(pg_dsn, FAST[0]) == _state(pg_dsn, SLOW[0])
