@@ -3,7 +3,9 @@
 Mechanism: :meth:`Backfill.run` plans each namespace once (shared control schema, see
 :mod:`backfill.chunks`), then runs ``workers`` tasks in one anyio task group; each holds
 a slot of a :class:`anyio.CapacityLimiter` (adjustable at run time) while it copies a
-chunk. Copying a chunk: claim it, fix the read label (:func:`backfill.reader.read_label`,
+chunk. Copying a chunk: claim it, open a read lease on its namespace (deletes leave
+tombstones while it is live, see :mod:`cdc.sink.readers`; every batch names it and is
+refused once it has expired), fix the read label (:func:`backfill.reader.read_label`,
 never below the stream's start time), read its range in raw batches and hand them to
 the sink as :class:`cdc.batch.Change` upserts of origin ``BACKFILL`` carrying the label
 as version. A reader task fetches the next ``getMore`` batches (a bounded memory object
@@ -12,7 +14,9 @@ of about ``batch_size`` documents; a group is written once the next read batch a
 (or the read ended), so the last group is known and carries ``chunk_id``: the sink marks
 the chunk done in the transaction that writes its last rows, and a failed read is raised
 before that write. A crash at any point leaves the chunk either done with all its rows,
-or claimable again. The lease is renewed (with progress) at most every
+or claimable again; the read lease is closed once the chunk ends either way. A read
+lease that expired (a pause longer than ``lease_seconds``) hands the chunk back like a
+lost chunk lease. The chunk lease is renewed (with progress) at most every
 ``min(lease_seconds / 4, progress_interval_seconds)``, and always before a write that
 follows a longer pause.
 
@@ -23,12 +27,13 @@ when no chunk of its namespaces is pending or running in any process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -44,7 +49,7 @@ from backfill.progress import BYTES, DOCUMENTS, ProgressTracker, export, render_
 from backfill.reader import Span, chunk_filter, read_batches, read_label
 from backfill.throttle import Throttle
 from cdc.batch import Batch, Change, Op, Origin
-from cdc.errors import InvariantError, is_retriable
+from cdc.errors import InvariantError, ReadLeaseLost, is_retriable
 from cdc.mapping.keys import id_bson_from_raw
 from cdc.types import ClusterTime, Namespace
 
@@ -55,9 +60,14 @@ READ_AHEAD = 2
 
 
 class SinkLike(Protocol):
-    """What the backfill needs of the sink: apply one batch atomically."""
+    """What the backfill needs of the sink: read leases, and apply one batch atomically."""
 
     async def apply(self, batch: Batch) -> Any: ...
+
+    async def open_reader(self, namespace: Namespace, holder: str, lease_seconds: float
+                          ) -> int: ...
+
+    async def close_reader(self, reader: int) -> None: ...
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -203,22 +213,45 @@ class Backfill:
         """Copy one claimed chunk; True when it was completed (marked done)."""
         ns = chunk.namespace
         filter_ = await chunk_filter(self.client, ns, chunk.lower, chunk.upper, self._spans)
-        async with self.client.start_session(causal_consistency=False) as session:
+        async with self._read_lease(ns) as reader, \
+                self.client.start_session(causal_consistency=False) as session:
             label = await read_label(self.client, ns, session, self.stream_start)
             await self.store.renew(chunk.id, docs=0, nbytes=0, read_started=label.packed)
-            if filter_ is None:
-                return await self._finish(chunk, [], label, 0, 0)
-            send, receive = anyio.create_memory_object_stream[list[bytes]](READ_AHEAD)
-            failed: list[Exception] = []
             try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._read_chunk, ns, filter_, session, send, failed)
-                    with receive:
-                        done = await self._write_chunk(chunk, label, receive, failed)
-                    tg.cancel_scope.cancel()  # stopped early: the reader is not needed
-            except BaseExceptionGroup as group:
-                raise _first_leaf(group) from None
+                if filter_ is None:
+                    return await self._finish(chunk, [], label, 0, 0, reader)
+                send, receive = anyio.create_memory_object_stream[list[bytes]](READ_AHEAD)
+                failed: list[Exception] = []
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._read_chunk, ns, filter_, session, send, failed)
+                        with receive:
+                            done = await self._write_chunk(chunk, label, reader, receive,
+                                                           failed)
+                        tg.cancel_scope.cancel()  # stopped early: the reader is not needed
+                except BaseExceptionGroup as group:
+                    raise _first_leaf(group) from None
+            except ReadLeaseLost:
+                log.warning("the read lease of a chunk expired; handing the chunk back",
+                            extra={"fields": {"chunk": chunk.id}})
+                await self.store.release(chunk.id)
+                return False
         return done
+
+    @contextlib.asynccontextmanager
+    async def _read_lease(self, ns: Namespace) -> AsyncIterator[int]:
+        """A read lease on ``ns`` for what is read inside (see :mod:`cdc.sink.readers`);
+        closed on the way out, whatever happened (an unclosed one only expires)."""
+        reader = await self.sink.open_reader(ns, self.store.owner, self.config.lease_seconds)
+        try:
+            yield reader
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                try:
+                    await self.sink.close_reader(reader)
+                except Exception as exc:  # it expires on its own
+                    log.warning("could not close a read lease", extra={"fields": {
+                        "error": type(exc).__name__}})
 
     async def _read_chunk(self, ns: Namespace, filter_: dict[str, Any],
                           session: AsyncClientSession,
@@ -238,7 +271,7 @@ class Backfill:
             except Exception as exc:
                 failed.append(exc)
 
-    async def _write_chunk(self, chunk: ChunkRecord, label: ClusterTime,
+    async def _write_chunk(self, chunk: ChunkRecord, label: ClusterTime, reader: int,
                            receive: MemoryObjectReceiveStream[list[bytes]],
                            failed: list[Exception]) -> bool:
         """The writer: sink batches of about ``batch_size`` documents (``batch_bytes`` at
@@ -266,21 +299,21 @@ class Backfill:
                                     extra={"fields": {"chunk": chunk.id}})
                         return False
                     renewed = time.monotonic()
-                await self._write(ns, group, label, None, group_bytes)
+                await self._write(ns, group, label, reader, None, group_bytes)
                 group, group_bytes = [], 0
             group.extend(batch)
             group_bytes += size
         if failed:  # the read ended early: the chunk is not complete
             raise failed[0]
         return await self._finish(chunk, group, label, docs + len(group),
-                                  nbytes + group_bytes)
+                                  nbytes + group_bytes, reader)
 
     async def _finish(self, chunk: ChunkRecord, last: list[bytes], label: ClusterTime,
-                      docs: int, nbytes: int) -> bool:
+                      docs: int, nbytes: int, reader: int) -> bool:
         """Write the chunk's last rows in the transaction that marks it done."""
         await self.store.renew(chunk.id, docs=docs, nbytes=nbytes)
         try:
-            await self._write(chunk.namespace, last, label, chunk.id)
+            await self._write(chunk.namespace, last, label, reader, chunk.id)
         except InvariantError:
             if await self.store.exists(chunk.id):
                 raise
@@ -290,7 +323,7 @@ class Backfill:
         self.copied_chunks += 1
         return True
 
-    async def _write(self, ns: Namespace, docs: list[bytes], label: ClusterTime,
+    async def _write(self, ns: Namespace, docs: list[bytes], label: ClusterTime, reader: int,
                      chunk_id: int | None, nbytes: int | None = None) -> None:
         if docs:
             await self.throttle.acquire(len(docs))
@@ -298,7 +331,7 @@ class Backfill:
         # much as building the Change itself.
         version, upsert, origin = label.packed, Op.UPSERT, Origin.BACKFILL
         changes = [Change(ns, id_bson_from_raw(d), version, upsert, d, origin) for d in docs]
-        await self.sink.apply(Batch(changes, chunk_id=chunk_id))
+        await self.sink.apply(Batch(changes, chunk_id=chunk_id, reader=reader))
         if docs:
             self.copied_documents += len(docs)
             DOCUMENTS.labels(str(ns)).inc(len(docs))
@@ -309,7 +342,8 @@ class Backfill:
         """Copy the given ``_id`` values again now; ids that no longer exist are written
         as deletes at the read label (a later insert still wins). Returns upserts."""
         found = 0
-        async with self.client.start_session(causal_consistency=False) as session:
+        async with self._read_lease(namespace) as reader, \
+                self.client.start_session(causal_consistency=False) as session:
             label = await read_label(self.client, namespace, session, self.stream_start)
             seen: set[bytes] = set()
             for start in range(0, len(ids), self.config.batch_size):
@@ -319,12 +353,12 @@ class Backfill:
                                                 session=session):
                     seen.update(id_bson_from_raw(d) for d in batch)
                     found += len(batch)
-                    await self._write(namespace, batch, label, None)
+                    await self._write(namespace, batch, label, reader, None)
             missing = [bson.encode({"_id": v}) for v in ids]
             deletes = [Change(namespace, k, label.packed, Op.DELETE, None, Origin.BACKFILL)
                        for k in missing if k not in seen]
             if deletes:
-                await self.sink.apply(Batch(deletes))
+                await self.sink.apply(Batch(deletes, reader=reader))
         return found
 
     async def sweep_stale(self, namespace: Namespace, schema: str, table: str,

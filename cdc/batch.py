@@ -89,3 +89,7 @@ class Batch(msgspec.Struct):
     """Backfill chunk marked done in the same transaction, if this batch completes one."""
     letters: list[Letter] = msgspec.field(default_factory=list)
     """Dead letters written in the same transaction as the changes and the checkpoint."""
+    reader: int | None = None
+    """The read lease (:meth:`cdc.sink.Sink.open_reader`) under which this batch's
+    backfill changes were read; required when it has any. The sink renews it in the
+    batch's transaction, or refuses the batch if it has expired."""

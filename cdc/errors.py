@@ -81,6 +81,13 @@ class InvariantError(Mongo2pgError):
     """Raised when an internal invariant is broken: a bug, never retried."""
 
 
+class ReadLeaseLost(Mongo2pgError):
+    """A backfill write whose read lease (``readers`` row) has expired or was removed:
+    deletes may since have left no tombstone, so what that read saw must not be written.
+    Nothing of the batch was written; the reader starts over with a new lease and a new
+    read. Not retried as is."""
+
+
 # Error codes MongoDB documents as resumable for change streams (network and stepdown
 # family, CursorNotFound); from 4.4 on the ResumableChangeStreamError label says the same.
 RESUMABLE_MONGO_CODES = frozenset(

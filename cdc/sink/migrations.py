@@ -72,6 +72,23 @@ MIGRATIONS: tuple[tuple[int, tuple[Statement, ...]], ...] = (
             ),
         ),
     ),
+    (
+        2,
+        (
+            # Read leases of backfill reads (see cdc.sink.readers): while one is live
+            # on a namespace, its deletes leave tombstones.
+            _s(
+                "CREATE TABLE IF NOT EXISTS {s}.readers (id bigserial PRIMARY KEY,"
+                " namespace text NOT NULL, holder text NOT NULL, lease interval NOT NULL,"
+                " expires_at timestamptz NOT NULL,"
+                " started_at timestamptz NOT NULL DEFAULT now())"
+            ),
+            _s(
+                "CREATE INDEX IF NOT EXISTS readers_namespace ON {s}.readers"
+                " (namespace, expires_at)"
+            ),
+        ),
+    ),
 )
 """(version, statements) in order. Append only."""
 

@@ -11,7 +11,10 @@ control plane: migrations and target DDL). ``apply`` runs one transaction per ba
    *shared* when the batch only upserts the table, *exclusive* when it deletes from it.
    Upserts race safely through ``ON CONFLICT`` row locks; a delete's "no row and no newer
    tombstone" test is a snapshot read, so it must not overlap a concurrent upsert of the
-   same table (otherwise a backfill row could land beside a fresh tombstone);
+   same table (otherwise a backfill row could land beside a fresh tombstone). In the same
+   round trip a batch of backfill changes renews its read lease, or is refused
+   (:mod:`cdc.sink.readers`); a batch with deletes then looks up which of its namespaces
+   have a live read lease: only their deletes leave tombstones;
 4. COPY (binary) the net rows into the staging tables — the binary streams the
    mapping's C path writes for the whole batch (``Mapper.copy_rows``, see
    :meth:`~cdc.sink.plan.NamespacePlan.fast_rows`), else rows mapped one by one in
@@ -35,17 +38,17 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import asyncpg
 import psycopg
 from psycopg import sql
 
-from cdc.batch import Batch, Checkpoint, Op
-from cdc.errors import InvariantError, TargetUnavailable, is_retriable
+from cdc.batch import Batch, Checkpoint, Op, Origin
+from cdc.errors import InvariantError, ReadLeaseLost, TargetUnavailable, is_retriable
 from cdc.mapping.model import Mapper, TableShape
-from cdc.sink import ddl, statements
+from cdc.sink import ddl, readers, statements
 from cdc.sink.migrations import LOCK_SPACE, migrate
 from cdc.sink.plan import ApplyResult, DeadLetter, NamespacePlan, plan_batch
 from cdc.types import Namespace
@@ -151,10 +154,11 @@ class Sink:
         self._sql_load = sql.SQL(
             "SELECT stream, resume_token, cluster_time FROM {}.checkpoints WHERE stream = $1"
         ).format(ctl).as_string(None)
+        self._sql_readers = readers.build(control_schema)
 
     @classmethod
     async def open(cls, dsn: str, control_schema: str, mapper_for: MapperFor, *,
-                   min_size: int = 1, max_size: int = 4) -> Sink:
+                   min_size: int = 1, max_size: int = 4) -> Self:
         """Migrate the control schema, then open the data-plane pool."""
         try:
             control = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
@@ -198,6 +202,39 @@ class Sink:
             return None
         return Checkpoint(row["stream"], row["resume_token"], row["cluster_time"])
 
+    # -- read leases (cdc.sink.readers) -------------------------------------------------
+    async def open_reader(self, namespace: Namespace, holder: str, lease_seconds: float
+                          ) -> int:
+        """Open a read lease on ``namespace``, committed when this returns: take it
+        before the read's label, name it in every batch of what was read
+        (:attr:`Batch.reader`), close it after the last one. ``holder`` names the
+        process for operators; the lease expires ``lease_seconds`` after its last
+        renewal (each batch under it renews it; :meth:`renew_reader` between batches)."""
+        try:
+            reader: int = await self._pool.fetchval(self._sql_readers.open, str(namespace),
+                                                    holder, float(lease_seconds))
+        except Exception as exc:
+            _raise_if_unavailable(exc, f"opening a read lease on {namespace}")
+            raise
+        return reader
+
+    async def renew_reader(self, reader: int) -> bool:
+        """Extend a live read lease; False if it had expired (the read must start over)."""
+        try:
+            status = await self._pool.execute(self._sql_readers.renew, reader)
+        except Exception as exc:
+            _raise_if_unavailable(exc, "renewing a read lease")
+            raise
+        return bool(status == "UPDATE 1")
+
+    async def close_reader(self, reader: int) -> None:
+        """Remove a read lease (its reader has written its last batch, or gave up)."""
+        try:
+            await self._pool.execute(self._sql_readers.close, reader)
+        except Exception as exc:
+            _raise_if_unavailable(exc, "closing a read lease")
+            raise
+
     async def _ensure(self, ns: Namespace) -> _Known:
         known = self._known.get(ns)
         if known is not None and known.shapes == known.mapper.tables():
@@ -234,6 +271,9 @@ class Sink:
         # Ensure the layout of every namespace first so mapping uses the cached mapper.
         for ns in _namespaces(batch):
             await self._ensure(ns)
+        if batch.reader is None and any(c.origin is Origin.BACKFILL for c in batch.changes):
+            raise InvariantError(f"{_describe(batch)} has backfill changes but no read"
+                                 " lease (Batch.reader)")
         plan = plan_batch(batch, self._mapper_of)
         if (not batch.changes and batch.checkpoint is None and batch.chunk_id is None
                 and not batch.letters):
@@ -242,7 +282,7 @@ class Sink:
             async with self._pool.acquire() as conn:
                 await self._write(conn, batch, plan.namespaces, plan.dead_letters,
                                   plan.result)
-        except (InvariantError, TargetUnavailable):
+        except (InvariantError, ReadLeaseLost, TargetUnavailable):
             raise
         except Exception as exc:
             _raise_if_unavailable(exc, f"applying {_describe(batch)}")
@@ -350,12 +390,21 @@ class Sink:
             for known, p in work:
                 key = _lock_key(known.sql.root.qualified)
                 locks[key] = locks.get(key, False) or bool(p.deletes)
-            if locks:
-                await conn.execute(";".join(
-                    f"SELECT pg_advisory_xact_lock{'' if exclusive else '_shared'}"
-                    f"({LOCK_SPACE}, {key})"
-                    for key, exclusive in sorted(locks.items())
-                ))
+            script = [f"SELECT pg_advisory_xact_lock{'' if exclusive else '_shared'}"
+                      f"({LOCK_SPACE}, {key})" for key, exclusive in sorted(locks.items())]
+            if batch.reader is not None:
+                # After the locks: a delete batch of these tables has committed or waits.
+                script.append(self._sql_readers.renew_literal(batch.reader))
+            if script:
+                status = await conn.execute(";".join(script))
+                if batch.reader is not None and status != "UPDATE 1":
+                    raise ReadLeaseLost(f"the read lease of {_describe(batch)} has expired")
+            deleting = [str(p.namespace) for _, p in work if p.staged_deletes]
+            # Read after the locks were granted (a statement of its own, so a snapshot of
+            # its own): a lease renewed by a write that committed before is seen live.
+            tombstoned: set[str] = (
+                {r[0] for r in await conn.fetch(self._sql_readers.live, deleting)}
+                if deleting else set())
             dels = [(known.sql.index, key, v, s, q) for known, p in work
                     for key, v, s, q in p.deletes]
             if dels:
@@ -370,7 +419,9 @@ class Sink:
                 if p.losers:
                     await conn.execute(nsql.drop_staged, p.losers)
                 if p.staged_deletes:
-                    n = await conn.fetchval(nsql.delete, table)
+                    n = await (conn.fetchval(nsql.delete, table)
+                               if str(p.namespace) in tombstoned
+                               else conn.fetchval(nsql.delete_rows))
                     counts = result.of(p.namespace, Op.DELETE)
                     counts.applied += n
                     counts.skipped += p.staged_deletes - n

@@ -7,6 +7,9 @@ constraints) that COPY fills, and runs per batch:
 * **delete** — one statement: pick the staged deletes that beat the stored state (the
   row's version, or the tombstone's when the row is absent: newer, or equal and from the
   stream), delete those rows from ``R`` and every ``C``, and upsert their tombstones.
+  While no read lease of the namespace is live (:mod:`cdc.sink.readers`), no tombstone
+  is needed and **delete_rows** runs instead: it deletes the rows the staged deletes
+  beat, from ``R`` and every ``C``, in one pass over the staged keys.
 * **upsert** — one statement: skip staged rows their tombstone beats, then
   ``INSERT … ON CONFLICT (k) DO UPDATE … WHERE`` the stored version is older (``<`` for
   backfill rows, ``<=`` for stream rows: two inserts in one statement, one per origin —
@@ -98,6 +101,8 @@ class NamespaceSql:
     """The root table's columns in COPY order (data columns, then the version)."""
     upsert: str
     delete: str
+    delete_rows: str
+    """The delete without tombstones (no read lease live): rows only."""
     children: tuple[ChildSql, ...]
     drop_children: str
     """Deletes the child rows of the parents the upsert wrote (all child tables)."""
@@ -206,6 +211,18 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
     ).format(dels=sql.Identifier(DELETES_STAGE), target=target, k=k, ctl=ctl,
              idx=sql.Literal(index), v=v, child_deletes=sql.SQL("").join(child_deletes))
 
+    # The staged deletes as parallel arrays: unnest yields them for index probes of R,
+    # whatever the planner guesses about the unanalysed staging table.
+    delete_rows = sql.SQL(
+        "WITH x AS (SELECT array_agg(k) AS k, array_agg(v) AS v, array_agg(s) AS s"
+        " FROM pg_temp.{dels} WHERE t = {idx}),"
+        " d AS (DELETE FROM {target} r USING x, unnest(x.k, x.v, x.s) AS u(k, v, s)"
+        " WHERE r.{k} = u.k AND (r.{vc} < u.v OR (r.{vc} = u.v AND u.s)) RETURNING r.{k} AS k)"
+        "{child_deletes}"
+        " SELECT count(*) FROM d"
+    ).format(dels=sql.Identifier(DELETES_STAGE), target=target, k=k, vc=v,
+             idx=sql.Literal(index), child_deletes=sql.SQL("").join(child_deletes))
+
     drop_staged = sql.SQL(
         "WITH a AS (DELETE FROM pg_temp.{stage} WHERE {seq} = ANY($1::int[])),"
         " b AS (DELETE FROM pg_temp.{dels} WHERE t = {idx} AND q = ANY($1::int[]))"
@@ -221,7 +238,8 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
         index=index, root=root, stage=stage,
         stage_columns=(*data_cols, VERSION_COLUMN, STREAM_COLUMN, SEQ_COLUMN),
         target_columns=(*data_cols, VERSION_COLUMN),
-        upsert=_q(upsert), delete=_q(delete), children=tuple(child_sql), stage_ddl=ddl,
+        upsert=_q(upsert), delete=_q(delete), delete_rows=_q(delete_rows),
+        children=tuple(child_sql), stage_ddl=ddl,
         drop_staged=_q(drop_staged),
         drop_children=_q(_children_statement(index, drop_children)),
         insert_children=_q(_children_statement(index, insert_children)),

@@ -148,8 +148,10 @@ class Scenario:
                                   Op.UPSERT, body, Origin.BACKFILL))
             (row,) = mapper.map_document(body).rows[self.ns.coll]
             rows.append((*row, version))
+        reader = await sink.open_reader(self.ns, "bench", 3600)
         for a in range(0, len(changes), 5000):
-            await sink.apply(Batch(changes[a:a + 5000]))
+            await sink.apply(Batch(changes[a:a + 5000], reader=reader))
+        await sink.close_reader(reader)
         shape = clone_shape(mapper.tables()[0], f"c_merge_{self.name}")
         create_clone(dsn, shape)
         if rows:

@@ -41,6 +41,14 @@ class HookedSink:
         await self.hook(batch)
         return await self.sink.apply(batch)
 
+    async def open_reader(self, namespace: Namespace, holder: str, lease_seconds: float
+                          ) -> int:
+        reader: int = await self.sink.open_reader(namespace, holder, lease_seconds)
+        return reader
+
+    async def close_reader(self, reader: int) -> None:
+        await self.sink.close_reader(reader)
+
 
 class Pipeline:
     def __init__(self, client: AsyncMongoClient[Any], sink: Sink, tailer: Tailer,

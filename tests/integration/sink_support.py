@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import bson
+import msgspec
 import psycopg
 from psycopg import sql
 
-from cdc.batch import Change, Op, Origin
+from cdc.batch import Batch, Change, Op, Origin
 from cdc.mapping import ChildRule, ColumnRule, MappingConfig, MappingRule, resolve
 from cdc.mapping.model import ReversibleMapper, TableShape
+from cdc.sink import Sink
+from cdc.sink.plan import ApplyResult
 from cdc.types import Namespace
 
 CONTROL = "m2p_ctl"
@@ -100,3 +103,23 @@ def scalar(dsn: str, query: sql.Composed, params: tuple[Any, ...] = ()) -> Any:
     with psycopg.connect(dsn) as conn:
         row = conn.execute(query, params).fetchone()
         return None if row is None else row[0]
+
+
+class LeasedSink(Sink):
+    """The sink, applying a batch that names no read lease under :attr:`lease` once
+    :meth:`lease_all` opened it: a backfill read of ``NS`` in flight for the whole test,
+    so deletes leave tombstones (see :mod:`cdc.sink.readers`)."""
+
+    lease: int | None = None
+
+    async def lease_all(self, *namespaces: Namespace) -> LeasedSink:
+        """Open a lease on each of ``namespaces`` (default ``NS``); batches name the first."""
+        for ns in namespaces or (NS,):
+            reader = await self.open_reader(ns, "test", 3600)
+            self.lease = reader if self.lease is None else self.lease
+        return self
+
+    async def apply(self, batch: Batch) -> ApplyResult:
+        if batch.reader is None and self.lease is not None:
+            batch = msgspec.structs.replace(batch, reader=self.lease)
+        return await super().apply(batch)

@@ -7,11 +7,13 @@ import uuid
 from typing import Any
 
 import anyio
+import psycopg
 import pytest
 from bson.codec_options import CodecOptions
 from bson.int64 import Int64
 from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
+from psycopg import sql
 from pymongo import AsyncMongoClient
 from pymongo.errors import AutoReconnect
 
@@ -19,7 +21,13 @@ from backfill.config import BackfillConfig
 from backfill.worker import expand_namespaces
 from cdc.batch import Batch, Origin
 from cdc.types import Namespace
-from tests.integration.backfill_support import HookedSink, chunk_rows, compare, pipeline
+from tests.integration.backfill_support import (
+    CONTROL,
+    HookedSink,
+    chunk_rows,
+    compare,
+    pipeline,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -197,8 +205,9 @@ async def test_backfill_never_marks_a_chunk_done_when_its_read_failed_midway(
             await send.send(raw[:10])
             await send.send(raw[10:20])
             send.close()
+            reader = await p.sink.open_reader(ns, "test", 60)
             with receive, pytest.raises(AutoReconnect):
-                await bf._write_chunk(chunk, p.start, receive,
+                await bf._write_chunk(chunk, p.start, reader, receive,
                                       [AutoReconnect("connection lost midway")])
         rows = chunk_rows(pg_dsn)
         assert "done" not in [r[2] for r in rows]
@@ -240,5 +249,42 @@ async def test_backfill_groups_read_batches_into_sink_batches_and_only_the_last_
         assert applied == [(40, None), (25, chunk.id)]
         assert [r[2] for r in chunk_rows(pg_dsn)] == ["done"]
         assert compare(mongo_uri, pg_dsn, [ns]).mismatches == 0
+    finally:
+        await client.close()
+
+
+async def test_chunk_whose_read_lease_expired_is_handed_back_and_copied_again(
+    mongo_uri: str, pg_dsn: str
+) -> None:
+    """A pause past the read lease (here: the lease made to expire before a write)
+    refuses the write; the chunk goes back to the pool and is copied again under a new
+    lease, and no lease is left behind."""
+    db = fresh_db()
+    ns = Namespace(db, "c")
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+    try:
+        await client[db]["c"].insert_many([{"_id": i, "v": i} for i in range(60)])
+        async with pipeline(mongo_uri, pg_dsn, [f"{db}.c"]) as p:
+            expired: list[int] = []
+
+            async def expire_first_lease(batch: Batch) -> None:
+                if batch.reader is not None and not expired:
+                    expired.append(batch.reader)
+                    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                        conn.execute(sql.SQL(
+                            "UPDATE {} SET expires_at = clock_timestamp() - interval '1 s'"
+                            " WHERE id = %s").format(sql.Identifier(CONTROL, "readers")),
+                            (batch.reader,))
+
+            bf = p.backfill(SMALL, sink=HookedSink(p.sink, expire_first_lease))
+            assert await bf.run([ns])
+        assert expired
+        with psycopg.connect(pg_dsn) as conn:
+            left = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                sql.Identifier(CONTROL, "readers"))).fetchone()
+        assert left == (0,)
+        result = compare(mongo_uri, pg_dsn, [ns])
+        assert result.documents == 60
+        assert result.mismatches == 0
     finally:
         await client.close()

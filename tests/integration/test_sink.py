@@ -18,6 +18,7 @@ from cdc.sink.plan import NamespacePlan
 from tests.integration.sink_support import (
     CONTROL,
     NS,
+    LeasedSink,
     delete,
     key_of,
     mapper_for,
@@ -39,7 +40,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def sink(pg_dsn: str) -> AsyncIterator[Sink]:
-    s = await Sink.open(pg_dsn, CONTROL, mapper_for, max_size=2)
+    s = await (await LeasedSink.open(pg_dsn, CONTROL, mapper_for, max_size=2)).lease_all()
     try:
         yield s
     finally:

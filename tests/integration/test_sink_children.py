@@ -14,6 +14,7 @@ from cdc.sink import Sink
 from tests.integration.sink_support import (
     CONTROL,
     NS,
+    LeasedSink,
     column_mapper_for,
     delete,
     documents,
@@ -31,7 +32,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def sink(pg_dsn: str) -> AsyncIterator[Sink]:
-    s = await Sink.open(pg_dsn, CONTROL, column_mapper_for, max_size=2)
+    s = await LeasedSink.open(pg_dsn, CONTROL, column_mapper_for, max_size=2)
+    await s.lease_all()
     try:
         yield s
     finally:

@@ -20,7 +20,7 @@ from cdc.sink import Sink
 from cdc.sink import sink as sink_module
 from cdc.sink.plan import NamespacePlan
 from cdc.types import Namespace
-from tests.integration.sink_support import CONTROL, documents, id_bson
+from tests.integration.sink_support import CONTROL, LeasedSink, documents, id_bson
 
 pytestmark = pytest.mark.anyio
 
@@ -63,7 +63,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def sink(pg_dsn: str) -> AsyncIterator[Sink]:
-    s = await Sink.open(pg_dsn, CONTROL, mapper_for, max_size=2)
+    s = await LeasedSink.open(pg_dsn, CONTROL, mapper_for, max_size=2)
+    await s.lease_all(*FAST, *SLOW)
     try:
         yield s
     finally:

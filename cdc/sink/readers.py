@@ -1,0 +1,82 @@
+"""Read leases: when a delete must leave a tombstone (DESIGN §3.1).
+
+A tombstone exists so that no write older than a delete brings the row back. Only a
+*read* can produce such a write: a backfill chunk, a targeted re-copy or a resync copy
+is labelled with the cluster time at which its read started and written later, so a
+document it saw may have been deleted — and that delete applied — in between. The
+change stream itself cannot: it is applied in order, each batch with its checkpoint,
+so a replay after a crash starts after the last committed delete, and an event older
+than a delete (replayed from an earlier position) is always followed by that delete
+again. So a delete needs its tombstone exactly while some read of its namespace may
+still write, and every such read holds a **read lease**, a row of the control table
+``readers``:
+
+1. **Open before the label.** The lease commits before the read takes its label
+   (:func:`backfill.reader.read_label`, a majority read's operation time). Any delete
+   the sink applied before the lease was visible had been read from the change stream,
+   so it was majority-committed before the label was taken: the label is at or after
+   it, the read cannot see the deleted document, and no tombstone is needed for it.
+2. **Deletes look for live leases.** A batch with deletes holds its tables' exclusive
+   advisory lock; then it reads the live leases of its namespaces (a statement of its
+   own, so its snapshot is taken after the lock was granted). Where one is live, the
+   deletes leave tombstones as before; where none is, they only delete rows.
+3. **Writes renew, or are refused.** A batch carrying backfill changes names its lease
+   (:attr:`cdc.batch.Batch.reader`). Holding its tables' advisory locks (shared for
+   upserts), it renews the lease (``expires_at = clock_timestamp() + lease``) only if it
+   has not expired, else it writes nothing (:class:`~cdc.errors.ReadLeaseLost`).
+   Because a delete batch and a write of the same table exclude each other through
+   that lock and both compare against PostgreSQL's clock, either the delete saw the
+   lease live (and left tombstones), or the lease had expired before the delete looked
+   (and every later write under it is refused). An expired lease therefore needs no
+   cleanup for correctness; rows of crashed readers are removed when the next lease
+   opens.
+4. **Close after the last write.** A reader removes its lease once its last batch has
+   committed; until then its namespace's deletes keep leaving tombstones.
+
+Tombstones left earlier stay valid: they only ever make a write lose that would have
+been older than a delete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderSql:
+    """The statements of the read leases of one control schema."""
+
+    open: str
+    """``$1`` namespace, ``$2`` holder, ``$3`` lease seconds: the new lease's id (also
+    removes expired leases)."""
+    close: str
+    renew: str
+    """``$1`` lease id: ``UPDATE 1`` if it was live and is renewed, else ``UPDATE 0``."""
+    live: str
+    """``$1`` namespaces (text[]): those among them with a live lease."""
+
+    def renew_literal(self, reader: int) -> str:
+        """:attr:`renew` with the id as a literal, to run after the lock statement in
+        the same round trip (an int, so nothing is pasted but digits)."""
+        return self.renew.replace("$1", str(int(reader)))
+
+
+def build(control_schema: str) -> ReaderSql:
+    t = sql.Identifier(control_schema, "readers")
+
+    def q(text: str) -> str:
+        return sql.SQL(text).format(t=t).as_string(None)
+
+    return ReaderSql(
+        open=q("WITH gone AS (DELETE FROM {t} WHERE expires_at <= clock_timestamp())"
+               " INSERT INTO {t} (namespace, holder, lease, expires_at)"
+               " VALUES ($1, $2, make_interval(secs => $3),"
+               " clock_timestamp() + make_interval(secs => $3)) RETURNING id"),
+        close=q("DELETE FROM {t} WHERE id = $1"),
+        renew=q("UPDATE {t} SET expires_at = clock_timestamp() + lease"
+                " WHERE id = $1 AND expires_at > clock_timestamp()"),
+        live=q("SELECT DISTINCT namespace FROM {t} WHERE namespace = ANY($1::text[])"
+               " AND expires_at > clock_timestamp()"),
+    )
