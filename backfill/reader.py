@@ -28,11 +28,10 @@ from pymongo.errors import PyMongoError
 from pymongo.read_concern import ReadConcern
 
 from backfill.bsonorder import Bracket, bracket, range_filter
-from cdc.mapping.keys import bson_value_size
+from cdc.replies import read_cursor_reply
 from cdc.types import ClusterTime, Namespace
 
 _INT32 = struct.Struct("<i")
-_INT64 = struct.Struct("<q")
 _RAW: CodecOptions[RawBSONDocument] = CodecOptions(document_class=RawBSONDocument)
 _LABEL_PROBE = "\x00mongo2pg-read-label"
 _ID_NAME = b"_id\x00"
@@ -99,43 +98,10 @@ async def read_label(client: AsyncMongoClient[Any], namespace: Namespace,
 
 
 def cursor_batch(reply: bytes) -> tuple[int, list[bytes]]:
-    """``(cursor id, raw documents)`` of a ``find``/``getMore`` reply, read from its bytes.
-
-    Walks the reply's ``cursor`` element for ``id`` and ``firstBatch``/``nextBatch``;
-    each batch entry is sliced out as it is (no value is decoded).
-    """
-    cursor_id = 0
-    docs: list[bytes] = []
-    pos, end = 4, len(reply) - 1
-    while pos < end:  # top-level elements: find "cursor"
-        type_byte = reply[pos]
-        name_end = reply.index(b"\x00", pos + 1)
-        name = reply[pos + 1:name_end]
-        pos = name_end + 1
-        if name == b"cursor" and type_byte == 0x03:
-            break
-        pos += bson_value_size(reply, pos, type_byte)
-    else:
-        raise ValueError("reply without a cursor")
-    (size,) = _INT32.unpack_from(reply, pos)
-    pos, end = pos + 4, pos + size - 1
-    while pos < end:  # cursor elements: id, ns, firstBatch/nextBatch, ...
-        type_byte = reply[pos]
-        name_end = reply.index(b"\x00", pos + 1)
-        name = reply[pos + 1:name_end]
-        pos = name_end + 1
-        if type_byte == 0x12 and name == b"id":
-            (cursor_id,) = _INT64.unpack_from(reply, pos)
-        elif type_byte == 0x04 and name in (b"firstBatch", b"nextBatch"):
-            (array_size,) = _INT32.unpack_from(reply, pos)
-            at, array_end = pos + 4, pos + array_size - 1
-            while at < array_end:  # entries: type 0x03, index name, document
-                at = reply.index(b"\x00", at + 1) + 1
-                (doc_size,) = _INT32.unpack_from(reply, at)
-                docs.append(reply[at:at + doc_size])
-                at += doc_size
-        pos += bson_value_size(reply, pos, type_byte)
-    return int(cursor_id), docs
+    """``(cursor id, raw documents)`` of a ``find``/``getMore`` reply, read from its
+    bytes (:func:`cdc.replies.read_cursor_reply`: no value is decoded)."""
+    cursor = read_cursor_reply(reply)
+    return cursor.cursor_id, cursor.docs
 
 
 def _bytes(reply: RawBSONDocument) -> bytes:

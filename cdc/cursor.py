@@ -1,8 +1,8 @@
 """One change-stream cursor driven by raw ``aggregate`` / ``getMore`` commands.
 
 The tailer does not use pymongo's ``watch()`` helper. It issues the commands itself,
-with replies decoded as ``RawBSONDocument`` (top-level fields only; event bodies stay
-raw bytes), because it needs three things the helper hides:
+with replies kept as bytes (:func:`cdc.replies.read_cursor_reply` slices each event out
+of the reply, nothing decoded), because it needs three things the helper hides:
 
 * **every reply's metadata** — ``postBatchResumeToken`` *and* the reply's
   ``operationTime``: an empty batch must still advance the checkpoint, and its cluster
@@ -38,6 +38,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from cdc.errors import HISTORY_LOST_CODES, HistoryLostError, SourceUnavailable
 from cdc.events import token_cluster_time
+from cdc.replies import CursorReply, read_cursor_reply
 from cdc.types import ClusterTime, Namespace
 
 RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True)
@@ -64,7 +65,8 @@ class StartAt(msgspec.Struct, frozen=True):
 class Reply(msgspec.Struct, frozen=True):
     """One cursor batch: raw events plus the position the server scanned up to."""
 
-    events: list[RawBSONDocument]
+    events: list[bytes]
+    """Each event as its BSON bytes."""
     post_batch_token: bytes | None
     time: ClusterTime | None
     """Cluster time of the post-batch token, or the reply's ``operationTime``."""
@@ -179,10 +181,10 @@ class ChangeStreamCursor:
             await self.close()
             raise_if_history_lost(exc)
             raise
-        cursor = reply["cursor"]
-        self._cursor_id = int(cursor["id"])
-        self._collection = str(cursor["ns"]).partition(".")[2]
-        return self._reply(reply, cursor, "firstBatch")
+        cursor = read_cursor_reply(bytes(reply.raw))
+        self._cursor_id = cursor.cursor_id
+        self._collection = (cursor.ns or "").partition(".")[2]
+        return self._reply(reply, cursor)
 
     async def next_batch(self, max_await_ms: int) -> Reply:
         if self._session is None:
@@ -195,19 +197,19 @@ class ChangeStreamCursor:
         except PyMongoError as exc:
             raise_if_history_lost(exc)
             raise
-        cursor = reply["cursor"]
-        self._cursor_id = int(cursor["id"])
-        return self._reply(reply, cursor, "nextBatch")
+        cursor = read_cursor_reply(bytes(reply.raw))
+        self._cursor_id = cursor.cursor_id
+        return self._reply(reply, cursor)
 
-    def _reply(self, reply: Any, cursor: Any, field: str) -> Reply:
-        events = list(cursor[field])
-        pbrt = cursor.get("postBatchResumeToken")
-        token = bytes(pbrt.raw) if isinstance(pbrt, RawBSONDocument) else None
+    def _reply(self, reply: Any, cursor: CursorReply) -> Reply:
+        token = cursor.post_batch_token
         when = token_cluster_time(token) if token is not None else None
-        op_time = operation_time(reply)
+        op_time = cursor.operation_time
+        if op_time is None:  # no operationTime: the gossiped $clusterTime
+            op_time = operation_time(reply)
         if when is None or (op_time is not None and when > op_time):
             when = op_time
-        return Reply(events, token, when)
+        return Reply(cursor.docs, token, when)
 
     async def close(self) -> None:
         """Kill the server cursor (best effort) and end the session."""

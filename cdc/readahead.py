@@ -66,8 +66,7 @@ async def predecode(reply: Reply) -> list[ChangeEvent | None]:
     for n, raw in enumerate(reply.events):
         if n % YIELD_EVERY == YIELD_EVERY - 1:
             await anyio.lowlevel.checkpoint()
-        data = raw.raw
-        out.append(decode_raw(data) if isinstance(data, bytes) else None)
+        out.append(decode_raw(raw))
     return out
 
 

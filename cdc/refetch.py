@@ -85,7 +85,7 @@ async def _next_ddl(client: AsyncMongoClient[Any], ns: Namespace, token: bytes,
         reply = await cursor.open(StartAt(resume_after=token))
         while True:
             if reply.events:
-                return decode_event(reply.events[0])
+                return decode_event(RawBSONDocument(reply.events[0], RAW))
             if until is None or (reply.time is not None and reply.time >= until):
                 return None
             if not cursor.alive:

@@ -55,6 +55,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+from bson.raw_bson import RawBSONDocument
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
@@ -62,6 +63,7 @@ from cdc import metrics
 from cdc.batch import Batch, Change, Checkpoint, Letter, Op, Origin
 from cdc.batcher import Accumulator, Position, to_changes
 from cdc.cursor import (
+    RAW,
     UNKNOWN_STAGE_CODES,
     ChangeStreamCursor,
     Reply,
@@ -448,16 +450,13 @@ class Tailer:
         for n, raw in enumerate(reply.events):
             if n % YIELD_EVERY == YIELD_EVERY - 1:
                 await anyio.lowlevel.checkpoint()  # a read-ahead getMore goes out/comes back
-            if decoded is not None:
-                fast = decoded[n]  # decoded while read ahead
-            else:
-                data = raw.raw  # data events: envelope read from the bytes
-                fast = decode_raw(data) if isinstance(data, bytes) else None
+            # Decoded while read ahead, else now: data events' envelopes from the bytes.
+            fast = decoded[n] if decoded is not None else decode_raw(raw)
             if fast is not None:
                 self._assembler.reset()  # as feed() does for a whole event
                 self._acc.add(fast, now)
                 continue
-            whole = self._assembler.feed(raw)
+            whole = self._assembler.feed(RawBSONDocument(raw, RAW))
             if whole is None:
                 continue
             event = decode_event(whole)
@@ -619,8 +618,8 @@ class Tailer:
             await side.close()
         if not reply.events:
             return False
-        raw = bytes(reply.events[0].raw)
-        event = decode_event(reply.events[0])
+        raw = reply.events[0]
+        event = decode_event(RawBSONDocument(raw, RAW))
         position = Position(event.token, event.cluster_time)
         checkpoint = Checkpoint(self.stream_name, position.token, position.cluster_time.packed)
         target = self._resolve(event.ns) if isinstance(event, Insert | Update | Replace | Delete

@@ -20,6 +20,8 @@ from bson.timestamp import Timestamp
 
 from backfill.reader import cursor_batch, split_documents
 from cdc.mapping.keys import id_bson_from_raw as id_document
+from cdc.replies import read_cursor_reply
+from cdc.types import ClusterTime
 
 IDS: list[Any] = [
     1, Int64(2), 2.5, Decimal128("3.14"), "text", "", "é✓", ObjectId(), True, None,
@@ -61,3 +63,25 @@ def test_cursor_batch_slices_each_document_and_the_cursor_id_out_of_a_reply() ->
 def test_cursor_batch_of_an_empty_batch_has_no_documents() -> None:
     reply = bson.encode({"ok": 1.0, "cursor": {"nextBatch": [], "id": Int64(0), "ns": "d.c"}})
     assert cursor_batch(reply) == (0, [])
+
+
+def test_cursor_reply_gives_ns_post_batch_token_and_operation_time_from_the_bytes() -> None:
+    token = {"_data": "8263A1B2C3000000012B0229296E04"}
+    events = [{"_id": {"_data": f"{n:02d}"}, "operationType": "delete"} for n in range(3)]
+    reply = bson.encode({
+        "cursor": {"id": Int64(42), "ns": "db.coll", "nextBatch": events,
+                   "postBatchResumeToken": token},
+        "ok": 1.0, "operationTime": Timestamp(1700000000, 7),
+        "$clusterTime": {"clusterTime": Timestamp(1700000001, 1)}})
+    cursor = read_cursor_reply(reply)
+    assert cursor.cursor_id == 42
+    assert cursor.ns == "db.coll"
+    assert [bson.decode(d) for d in cursor.docs] == events
+    assert cursor.post_batch_token is not None
+    assert bson.decode(cursor.post_batch_token) == token
+    assert cursor.operation_time == ClusterTime(1700000000, 7)
+    bare = read_cursor_reply(bson.encode({"cursor": {"id": Int64(0), "firstBatch": []},
+                                          "ok": 1.0}))
+    assert bare == (0, None, [], None, None)
+    with pytest.raises(ValueError, match="without a cursor"):
+        read_cursor_reply(bson.encode({"ok": 1.0}))
