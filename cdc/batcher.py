@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgspec
 
@@ -172,6 +173,9 @@ def _identity(ns: Namespace) -> Namespace | None:
     return ns
 
 
+_DATA_TYPES: frozenset[type] = frozenset({Insert, Update, Replace, Delete})
+
+
 def to_changes(events: Sequence[ChangeEvent], resolve: Resolver = _identity
                ) -> tuple[list[Change], Counter[tuple[str, str]]]:
     """The sink's changes for ``events`` (coalesced by key) and event counts by (ns, op)."""
@@ -179,19 +183,22 @@ def to_changes(events: Sequence[ChangeEvent], resolve: Resolver = _identity
     seen: dict[tuple[Namespace, str], int] = {}
     targets: dict[Namespace, Namespace | None] = {}
     upsert, delete, stream = Op.UPSERT, Op.DELETE, Origin.STREAM  # bound once: hot loop
-    for event in events:
-        if not isinstance(event, Insert | Update | Replace | Delete):
+    data, delete_type, insert_type = _DATA_TYPES, Delete, Insert
+    for any_event in events:
+        kind = type(any_event)
+        if kind not in data:  # a set lookup: isinstance of a union costs ~10x more
             continue
+        event: Any = any_event  # a data event, by the test above
         ns = event.ns
         target = targets[ns] if ns in targets else targets.setdefault(ns, resolve(ns))
         if target is None:
             continue
-        counted = (target, _OP_NAMES[type(event)])
+        counted = (target, _OP_NAMES[kind])
         seen[counted] = seen.get(counted, 0) + 1
         ct = event.cluster_time
         version = ct.t << 32 | ct.i  # ClusterTime.packed, inlined
         id_bson = id_document(event.document_key)
-        if isinstance(event, Delete):
+        if kind is delete_type:
             change = Change(target, id_bson, version, delete, None, stream)
         elif event.full_document is None:
             # Absent even where it lives now (cdc.refetch): deleted since — the later
@@ -199,7 +206,7 @@ def to_changes(events: Sequence[ChangeEvent], resolve: Resolver = _identity
             continue
         else:
             change = Change(target, id_bson, version, upsert, event.full_document, stream,
-                            type(event) is Insert)
+                            kind is insert_type)
         key = (target, id_bson)
         latest.pop(key, None)  # re-insert so dict order is the order of last occurrence
         latest[key] = change

@@ -63,6 +63,7 @@ from cdc.sink.sink import asyncpg_params
 from cdc.state import StreamState
 from cdc.stream import StreamConfig, Tailer
 from cdc.types import ZERO_TIME, ClusterTime, Namespace
+from ops.daemon import tune_gc
 from ops.pgtemp import TempPostgres
 from tests.bench.sink import make_doc
 
@@ -529,6 +530,7 @@ def main() -> None:
     proc, uri = start_sandbox_process(["--oplog-max-entries", str(args.oplog_entries)])
     pg = TempPostgres()
     dsn = pg.start()
+    tune_gc()  # the tailer runs in this process: with the daemon's GC settings
     try:
         anyio.run(run, args, uri, dsn)
     finally:
