@@ -206,6 +206,13 @@ class NamespacePlan:
         self.staged_upserts += len(keys)
         return rows
 
+    def delete_arrays(self) -> tuple[list[bytes], list[int], list[bool]]:
+        """Keys, versions and from-stream flags of the deletes still standing (an upsert
+        mapped later may have displaced one: :attr:`losers`), for the delete statement."""
+        gone = set(self.losers)
+        kept = [d for d in self.deletes if d[3] not in gone] if gone else self.deletes
+        return [d[0] for d in kept], [d[1] for d in kept], [d[2] for d in kept]
+
     def staging_records(self, direct_rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """The staging form of rows :meth:`root_records` gave with ``direct``."""
         return [r + t for r, t in zip(direct_rows, self.direct_tails, strict=True)]

@@ -68,7 +68,12 @@ def asyncpg_params(dsn: str) -> dict[str, Any]:
     # work_mem: the merge sorts a batch's staged rows by key in memory, not on disk.
     # jit off: the merge's per-row subplans inflate cost estimates past jit_above_cost,
     # and compiling them takes longer than running them, every batch.
-    settings = {"client_min_messages": "warning", "work_mem": "64MB", "jit": "off"}
+    # Generic plans: the statements run again and again with new arrays of keys; planned
+    # once, unnest($n) of a parameter is estimated at a handful of rows, so each key is
+    # an index probe whatever the batch's size (a custom plan for 5,000 keys may hash a
+    # sequential scan of the whole table instead).
+    settings = {"client_min_messages": "warning", "work_mem": "64MB", "jit": "off",
+                "plan_cache_mode": "force_generic_plan"}
     if info.get("application_name"):
         settings["application_name"] = str(info["application_name"])
     params["server_settings"] = settings
@@ -405,12 +410,6 @@ class Sink:
             tombstoned: set[str] = (
                 {r[0] for r in await conn.fetch(self._sql_readers.live, deleting)}
                 if deleting else set())
-            dels = [(known.sql.index, key, v, s, q) for known, p in work
-                    for key, v, s, q in p.deletes]
-            if dels:
-                await conn.copy_records_to_table(
-                    statements.DELETES_STAGE, schema_name="pg_temp", records=dels,
-                    columns=("t", "k", "v", "s", "q"))
             for known, p in work:
                 nsql = known.sql
                 table = nsql.root.qualified
@@ -419,9 +418,10 @@ class Sink:
                 if p.losers:
                     await conn.execute(nsql.drop_staged, p.losers)
                 if p.staged_deletes:
-                    n = await (conn.fetchval(nsql.delete, table)
+                    keys, versions, streams = p.delete_arrays()
+                    n = await (conn.fetchval(nsql.delete, table, keys, versions, streams)
                                if str(p.namespace) in tombstoned
-                               else conn.fetchval(nsql.delete_rows))
+                               else conn.fetchval(nsql.delete_rows, keys, versions, streams))
                     counts = result.of(p.namespace, Op.DELETE)
                     counts.applied += n
                     counts.skipped += p.staged_deletes - n

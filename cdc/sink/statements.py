@@ -4,12 +4,13 @@ For a namespace with root table ``R`` (key ``k``) and child tables ``C…`` the 
 keeps session-local staging tables (``pg_temp``, ``ON COMMIT DELETE ROWS``, no
 constraints) that COPY fills, and runs per batch:
 
-* **delete** — one statement: pick the staged deletes that beat the stored state (the
-  row's version, or the tombstone's when the row is absent: newer, or equal and from the
-  stream), delete those rows from ``R`` and every ``C``, and upsert their tombstones.
-  While no read lease of the namespace is live (:mod:`cdc.sink.readers`), no tombstone
-  is needed and **delete_rows** runs instead: it deletes the rows the staged deletes
-  beat, from ``R`` and every ``C``, in one pass over the staged keys.
+* **delete** — one statement: pick the deletes (passed as arrays of keys, versions and
+  origins) that beat the stored state (the row's version, or the tombstone's when the
+  row is absent: newer, or equal and from the stream), delete those rows from ``R`` and
+  every ``C``, and upsert their tombstones. While no read lease of the namespace is
+  live (:mod:`cdc.sink.readers`), no tombstone is needed and **delete_rows** runs
+  instead: it deletes the rows the deletes beat, from ``R`` and every ``C``, in one
+  pass over the keys.
 * **upsert** — one statement: skip staged rows their tombstone beats, then
   ``INSERT … ON CONFLICT (k) DO UPDATE … WHERE`` the stored version is older (``<`` for
   backfill rows, ``<=`` for stream rows: two inserts in one statement, one per origin —
@@ -30,9 +31,11 @@ constraints) that COPY fills, and runs per batch:
 
 Rows are inserted in key order so concurrent writers lock keys in the same order.
 Lookups of stored rows and tombstones are scalar subqueries or joins with
-``unnest(ARRAY(…))`` (which the planner estimates at a handful of rows): index probes
-per staged key, so the cost follows the batch, not the size of the table or of the
-tombstone set, whatever the planner guesses about unanalysed staging tables.
+``unnest(ARRAY(…))`` or ``unnest`` of a parameter array (which the planner estimates at
+a handful of rows; the data plane's sessions use generic plans, see
+:func:`cdc.sink.sink.asyncpg_params`): index probes per key, so the cost follows the
+batch, not the size of the table or of the tombstone set, whatever the planner guesses
+about unanalysed staging tables.
 """
 
 from __future__ import annotations
@@ -47,7 +50,6 @@ from cdc.sink.ddl import VERSION_COLUMN
 STREAM_COLUMN = "_m2p_stream"
 SEQ_COLUMN = "_m2p_seq"
 """Position of the change in its batch: removes a displaced row from staging."""
-DELETES_STAGE = "_m2p_del"
 APPLIED_STAGE = "_m2p_applied"
 
 
@@ -74,9 +76,6 @@ def stage_ddl(name: str, shape: TableShape, *, root: bool) -> str:
 
 
 COMMON_STAGE_DDL = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {DELETES_STAGE} (t int, k bytea, v bigint, s boolean,"
-    " q int)"
-    " ON COMMIT DELETE ROWS;"
     f"CREATE TEMP TABLE IF NOT EXISTS {APPLIED_STAGE} (t int, k bytea) ON COMMIT DELETE ROWS"
 )
 
@@ -111,7 +110,7 @@ class NamespaceSql:
     stage_ddl: str
     """Creates the staging tables of this namespace (idempotent, one script)."""
     drop_staged: str
-    """Removes displaced changes (``$1``: their positions) from this namespace's staging."""
+    """Removes displaced upserts (``$1``: their positions) from this namespace's staging."""
     count_tombstones: str
     """How many of the keys ``$2`` (all between ``$3`` and ``$4``) have a tombstone
     (direct path: none may)."""
@@ -196,11 +195,17 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
             " AS u(k) WHERE c.{parent} = u.k)"
         ).format(n=sql.SQL(str(n)), ctarget=ctarget, parent=parent_col))
 
+    # The batch's deletes arrive as parallel arrays (keys, versions, from-stream flags):
+    # unnest yields them for index probes, one per key.
+    def deletes(first: int) -> sql.Composable:
+        return sql.SQL("unnest(${}::bytea[], ${}::bigint[], ${}::boolean[]) AS x(k, v, s)"
+                       ).format(*(sql.SQL(str(first + n)) for n in range(3)))
+
     delete = sql.SQL(
         "WITH c AS MATERIALIZED (SELECT x.k, x.v, x.s, greatest("
         "(SELECT r.{v} FROM {target} r WHERE r.{k} = x.k),"
         " (SELECT tb.version FROM {ctl} tb WHERE tb.table_name = $1 AND tb.key = x.k))"
-        " AS stored FROM pg_temp.{dels} x WHERE x.t = {idx}),"
+        " AS stored FROM {deletes}),"
         " d AS (SELECT k, v FROM c WHERE stored IS NULL OR v > stored OR (v = stored AND s)),"
         " gone AS (DELETE FROM {target} r USING unnest(ARRAY(SELECT k FROM d)) AS u(k)"
         " WHERE r.{k} = u.k)"
@@ -208,27 +213,20 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
         " tomb AS (INSERT INTO {ctl} (table_name, key, version) SELECT $1, k, v FROM d"
         " ON CONFLICT (table_name, key) DO UPDATE SET version = EXCLUDED.version)"
         " SELECT count(*) FROM d"
-    ).format(dels=sql.Identifier(DELETES_STAGE), target=target, k=k, ctl=ctl,
-             idx=sql.Literal(index), v=v, child_deletes=sql.SQL("").join(child_deletes))
+    ).format(deletes=deletes(2), target=target, k=k, ctl=ctl, v=v,
+             child_deletes=sql.SQL("").join(child_deletes))
 
-    # The staged deletes as parallel arrays: unnest yields them for index probes of R,
-    # whatever the planner guesses about the unanalysed staging table.
     delete_rows = sql.SQL(
-        "WITH x AS (SELECT array_agg(k) AS k, array_agg(v) AS v, array_agg(s) AS s"
-        " FROM pg_temp.{dels} WHERE t = {idx}),"
-        " d AS (DELETE FROM {target} r USING x, unnest(x.k, x.v, x.s) AS u(k, v, s)"
-        " WHERE r.{k} = u.k AND (r.{vc} < u.v OR (r.{vc} = u.v AND u.s)) RETURNING r.{k} AS k)"
+        "WITH d AS (DELETE FROM {target} r USING {deletes}"
+        " WHERE r.{k} = x.k AND (r.{v} < x.v OR (r.{v} = x.v AND x.s)) RETURNING r.{k} AS k)"
         "{child_deletes}"
         " SELECT count(*) FROM d"
-    ).format(dels=sql.Identifier(DELETES_STAGE), target=target, k=k, vc=v,
-             idx=sql.Literal(index), child_deletes=sql.SQL("").join(child_deletes))
+    ).format(deletes=deletes(1), target=target, k=k, v=v,
+             child_deletes=sql.SQL("").join(child_deletes))
 
     drop_staged = sql.SQL(
-        "WITH a AS (DELETE FROM pg_temp.{stage} WHERE {seq} = ANY($1::int[])),"
-        " b AS (DELETE FROM pg_temp.{dels} WHERE t = {idx} AND q = ANY($1::int[]))"
-        " SELECT 1"
-    ).format(stage=sql.Identifier(stage), seq=sql.Identifier(SEQ_COLUMN),
-             dels=sql.Identifier(DELETES_STAGE), idx=sql.Literal(index))
+        "DELETE FROM pg_temp.{stage} WHERE {seq} = ANY($1::int[])"
+    ).format(stage=sql.Identifier(stage), seq=sql.Identifier(SEQ_COLUMN))
 
     ddl = ";".join(
         [stage_ddl(stage, root, root=True)]
