@@ -32,7 +32,6 @@ the committed checkpoint and the chunk table.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -56,24 +55,12 @@ from cdc.sink import Sink
 from cdc.stream import Tailer
 from cdc.types import ZERO_TIME, ClusterTime, Namespace, Phase
 from ops.config import Config
+from ops.gctune import tune_gc
 from ops.metrics import serve_metrics
 from ops.phases import MANAGED, PhaseMachine, next_phase
 
 log = logging.getLogger("mongo2pg.daemon")
 SWEEP_KEY = "resync.sweep_before"
-
-
-GC_THRESHOLD = (50_000, 20, 100)
-"""The cyclic garbage collector's thresholds in the daemon (CPython's default is 700,
-10, 10). Each batch allocates tens of thousands of short-lived objects that reference
-counting frees; at the default, a young-generation collection ran every 700 of them and
-an older one now and then over the whole heap — about a tenth of the backfill's CPU."""
-
-
-def tune_gc() -> None:
-    """Collect cyclic garbage less often, and never scan what start-up created."""
-    gc.freeze()  # modules, classes, config: alive until exit, no need to traverse them
-    gc.set_threshold(*GC_THRESHOLD)
 
 
 def run_daemon(config: Config, reload: Callable[[], Config] | None = None) -> int:

@@ -304,6 +304,8 @@ def id_bson_from_raw(raw: bytes) -> bytes:
     if raw[5:9] == b"_id\x00":  # _id first, as MongoDB stores it
         size = _FIRST_ID_SIZES.get(raw[4])
         if size is not None and len(raw) > size + 4:  # ObjectId, int32, int64, double…
+            if len(raw) == size + 5 and raw[:4] == _FIRST_ID_HEADERS[size] and raw[-1] == 0:
+                return raw  # it is {"_id": value} already (a documentKey, unsharded)
             return _FIRST_ID_HEADERS[size] + raw[4:size + 4] + b"\x00"
     try:
         pos = 4

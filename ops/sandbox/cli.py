@@ -11,6 +11,7 @@ import signal
 
 import anyio
 
+from ops.gctune import tune_gc
 from ops.sandbox import advertised_host, serve, uri_for
 
 
@@ -25,5 +26,6 @@ async def _main(host: str, port: int, oplog_max_entries: int | None) -> None:
 
 
 def serve_forever(args: argparse.Namespace) -> int:
+    tune_gc()
     anyio.run(_main, args.host, args.port, args.oplog_max_entries, backend="asyncio")
     return 0

@@ -27,6 +27,7 @@ from bson.timestamp import Timestamp
 
 from ops.sandbox.bsonkey import SortKey
 from ops.sandbox.errors import CommandError
+from ops.sandbox.events import encode_parts
 from ops.sandbox.oplog import Entry, Oplog
 from ops.sandbox.store import INTERNAL_DBS, Collection, Store
 
@@ -127,9 +128,10 @@ def entry_for(sb: Sandbox, coll: Collection, op: str, id_value: Any, before: byt
     images = coll.pre_post_images
     post = after if (op in ("insert", "replace") or images) else None
     pre = before if images else None
-    return sb.oplog.make(ts, index, op, coll.db, coll.name, key={"_id": id_value}, post=post,
-                         pre=pre, update=update, lsid=lsid, txn=txn, images=images,
-                         uuid=coll.uuid)
+    return encode_parts(sb.oplog.make(ts, index, op, coll.db, coll.name,
+                                      key={"_id": id_value}, post=post, pre=pre,
+                                      update=update, lsid=lsid, txn=txn, images=images,
+                                      uuid=coll.uuid))
 
 
 def create_collection(sb: Sandbox, db: str, name: str, options: dict[str, Any]) -> Collection:

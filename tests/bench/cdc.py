@@ -63,7 +63,7 @@ from cdc.sink.sink import asyncpg_params
 from cdc.state import StreamState
 from cdc.stream import StreamConfig, Tailer
 from cdc.types import ZERO_TIME, ClusterTime, Namespace
-from ops.daemon import tune_gc
+from ops.gctune import tune_gc
 from ops.pgtemp import TempPostgres
 from tests.bench.sink import make_doc
 
