@@ -179,21 +179,29 @@ _DATA_TYPES: frozenset[type] = frozenset({Insert, Update, Replace, Delete})
 def to_changes(events: Sequence[ChangeEvent], resolve: Resolver = _identity
                ) -> tuple[list[Change], Counter[tuple[str, str]]]:
     """The sink's changes for ``events`` (coalesced by key) and event counts by (ns, op)."""
-    latest: dict[tuple[Namespace, bytes], Change] = {}
-    seen: dict[tuple[Namespace, str], int] = {}
+    # Per target namespace: {id_bson: change}, in the order of each key's last occurrence.
+    latest: dict[Namespace, dict[bytes, Change]] = {}
+    seen: dict[tuple[Namespace, type], int] = {}
     targets: dict[Namespace, Namespace | None] = {}
     upsert, delete, stream = Op.UPSERT, Op.DELETE, Origin.STREAM  # bound once: hot loop
     data, delete_type, insert_type = _DATA_TYPES, Delete, Insert
+    last_ns: Namespace | None = None  # events of one namespace share its object
+    target: Namespace | None = None
+    changes: dict[bytes, Change] = {}
     for any_event in events:
         kind = type(any_event)
         if kind not in data:  # a set lookup: isinstance of a union costs ~10x more
             continue
         event: Any = any_event  # a data event, by the test above
         ns = event.ns
-        target = targets[ns] if ns in targets else targets.setdefault(ns, resolve(ns))
+        if ns is not last_ns:
+            last_ns = ns
+            target = targets[ns] if ns in targets else targets.setdefault(ns, resolve(ns))
+            if target is not None:
+                changes = latest.setdefault(target, {})
         if target is None:
             continue
-        counted = (target, _OP_NAMES[kind])
+        counted = (target, kind)
         seen[counted] = seen.get(counted, 0) + 1
         ct = event.cluster_time
         version = ct.t << 32 | ct.i  # ClusterTime.packed, inlined
@@ -207,9 +215,9 @@ def to_changes(events: Sequence[ChangeEvent], resolve: Resolver = _identity
         else:
             change = Change(target, id_bson, version, upsert, event.full_document, stream,
                             kind is insert_type)
-        key = (target, id_bson)
-        latest.pop(key, None)  # re-insert so dict order is the order of last occurrence
-        latest[key] = change
+        if id_bson in changes:
+            del changes[id_bson]  # re-inserted: dict order is the order of last occurrence
+        changes[id_bson] = change
     counts: Counter[tuple[str, str]] = Counter(
-        {(str(ns), op): n for (ns, op), n in seen.items()})
-    return list(latest.values()), counts
+        {(str(ns), _OP_NAMES[op]): n for (ns, op), n in seen.items()})
+    return [c for per in latest.values() for c in per.values()], counts

@@ -277,27 +277,32 @@ def plan_batch(batch: Batch, mapper_of: Callable[[Namespace], Mapper]) -> Plan:
     for ns, winners in groups.items():
         mapper = mapper_of(ns)
         plan = plans[ns] = NamespacePlan(ns, mapper, mapper.tables()[0].name)
-        upserts = plan.upserts
+        upserts, deletes, seen, map_key = plan.upserts, plan.deletes, plan._seen, mapper.map_key
+        all_new = True
         for pos, change in winners.values():
             if change.origin is not backfill and not change.fresh:
-                plan.all_new = False
+                all_new = False
             if change.op is upsert:
                 upserts.append((pos, change))
                 continue
             try:
-                key = mapper.map_key(change.id_bson)
+                key = map_key(change.id_bson)
             except DataError as exc:
                 dead.append(DeadLetter(str(ns), change.id_bson, change.version, None,
                                        str(exc)))
                 result.of(ns, Op.DELETE).dead_lettered += 1
                 continue
-            if plan._claim(key, pos, change, result):
-                plan.deletes.append((key, change.version, change.origin is stream, pos))
-                plan.staged_deletes += 1
+            # _claim, inlined for the usual case: the first change seen with this key.
+            if key in seen and not plan._claim(key, pos, change, result):
+                continue
+            seen[key] = (pos, change)
+            deletes.append((key, change.version, change.origin is stream, pos))
+        plan.all_new = all_new
     # Deletes that a later delete of the same key displaced never reach staging.
     for plan in plans.values():
         if plan.losers:
             gone = set(plan.losers)
             plan.deletes = [d for d in plan.deletes if d[3] not in gone]
             plan.losers.clear()
+        plan.staged_deletes = len(plan.deletes)
     return Plan(plans, dead, result)
