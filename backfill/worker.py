@@ -67,6 +67,8 @@ class SinkLike(Protocol):
     async def open_reader(self, namespace: Namespace, holder: str, lease_seconds: float
                           ) -> int: ...
 
+    async def renew_reader(self, reader: int) -> bool: ...
+
     async def close_reader(self, reader: int) -> None: ...
 
 
@@ -240,11 +242,16 @@ class Backfill:
 
     @contextlib.asynccontextmanager
     async def _read_lease(self, ns: Namespace) -> AsyncIterator[int]:
-        """A read lease on ``ns`` for what is read inside (see :mod:`cdc.sink.readers`);
-        closed on the way out, whatever happened (an unclosed one only expires)."""
+        """A read lease on ``ns`` for what is read inside (see :mod:`cdc.sink.readers`),
+        renewed every quarter of its length meanwhile (a throttled read may pause longer
+        than a lease between two writes); closed on the way out, whatever happened (an
+        unclosed one only expires)."""
         reader = await self.sink.open_reader(ns, self.store.owner, self.config.lease_seconds)
         try:
-            yield reader
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keep_lease, reader)
+                yield reader
+                tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 try:
@@ -252,6 +259,18 @@ class Backfill:
                 except Exception as exc:  # it expires on its own
                     log.warning("could not close a read lease", extra={"fields": {
                         "error": type(exc).__name__}})
+
+    async def _keep_lease(self, reader: int) -> None:
+        """Renew ``reader`` until cancelled; stop once it has expired (the next write
+        under it is refused, and the chunk is copied again)."""
+        while True:
+            await anyio.sleep(self.config.lease_seconds / 4)
+            try:
+                if not await self.sink.renew_reader(reader):
+                    return
+            except Exception as exc:  # the writes renew it too, or are refused
+                log.warning("could not renew a read lease", extra={"fields": {
+                    "error": type(exc).__name__}})
 
     async def _read_chunk(self, ns: Namespace, filter_: dict[str, Any],
                           session: AsyncClientSession,

@@ -89,6 +89,12 @@ class Batch(msgspec.Struct):
     """Backfill chunk marked done in the same transaction, if this batch completes one."""
     letters: list[Letter] = msgspec.field(default_factory=list)
     """Dead letters written in the same transaction as the changes and the checkpoint."""
+    after: int | None = None
+    """Packed cluster time of the stream position this batch's events follow (the
+    applier's last committed checkpoint). With a checkpoint, the sink refuses the batch
+    (:class:`~cdc.errors.StreamFenced`) when the stored checkpoint of its stream is
+    already past it: stream batches are applied in stream order, one applier at a time.
+    ``None``: not checked (the first checkpoint of a stream)."""
     reader: int | None = None
     """The read lease (:meth:`cdc.sink.Sink.open_reader`) under which this batch's
     backfill changes were read; required when it has any. The sink renews it in the

@@ -29,6 +29,13 @@ class TransientError(Mongo2pgError):
     """Raised when an operation failed for a reason that may pass; retrying is safe."""
 
 
+class StreamFenced(TransientError):
+    """Another applier of the same change stream (a second daemon) has committed past the
+    position this batch continues from. Nothing of the batch was written; the tailer
+    reloads the stored checkpoint and goes on from there, so the stream's events are
+    applied in order whoever applies them (DESIGN §3.1, §3.3)."""
+
+
 class SourceUnavailable(TransientError):
     """Raised when MongoDB cannot serve a request right now (network, stepdown, cursor)."""
 

@@ -70,7 +70,7 @@ from cdc.cursor import (
     StartAt,
     operation_time,
 )
-from cdc.errors import HistoryLostError, SourceUnavailable
+from cdc.errors import HistoryLostError, SourceUnavailable, StreamFenced
 from cdc.events import (
     ChangeEvent,
     Delete,
@@ -202,7 +202,22 @@ class Tailer:
 
         When the step ends in a flush, the next ``getMore`` is issued while the batch is
         applied (kept for the next step), so reading and writing overlap under load.
+        A batch refused because another applier of the stream committed past it
+        (:class:`~cdc.errors.StreamFenced`) ends the step: the next one resumes from the
+        stored checkpoint.
         """
+        try:
+            return await self._run_once()
+        except StreamFenced:
+            log.info("another applier moved the stream on; resuming from its checkpoint",
+                     extra={"fields": {"stream": self.stream_name}})
+            metrics.RETRIES.labels(self.stream_name).inc()
+            self._prepared = self._start_fresh = False
+            self._committed = None
+            await self._drop_cursor()
+            return 0
+
+    async def _run_once(self) -> int:
         await self._prepare()
         reply: Reply | OperationFailure
         quick = False
@@ -419,6 +434,11 @@ class Tailer:
             with anyio.move_on_after(2):
                 await cursor.close()
 
+    def _after(self) -> int:
+        """Where the next batch's events start: the last committed position."""
+        return (self._committed.cluster_time if self._committed is not None
+                else self._start).packed
+
     async def _step(self) -> None:
         try:
             await self.run_once()
@@ -504,7 +524,8 @@ class Tailer:
                                      self._resolve)
         position = pending.position
         batch = Batch(changes, Checkpoint(self.stream_name, position.token,
-                                          position.cluster_time.packed))
+                                          position.cluster_time.packed),
+                      after=self._after())
         began = time.perf_counter()
         result = await self._sink.apply(batch)
         _count_dead_letters(result)
@@ -624,7 +645,7 @@ class Tailer:
         checkpoint = Checkpoint(self.stream_name, position.token, position.cluster_time.packed)
         target = self._resolve(event.ns) if isinstance(event, Insert | Update | Replace | Delete
                                                        ) else None
-        batch = Batch([], checkpoint)
+        batch = Batch([], checkpoint, after=self._after())
         if isinstance(event, Insert | Update | Replace | Delete) and target is not None:
             id_bson = id_document(event.document_key)
             version = event.cluster_time.packed

@@ -12,18 +12,20 @@ holds). The sink applies a batch of versioned changes in ONE transaction:
   staging tables.
 * **Merge** with one set-based, version-guarded statement per kind and table
   (:mod:`cdc.sink.statements`): a delete lands only when it beats the stored row or
-  tombstone, removes the row and its child rows, and leaves a tombstone in the control
+  tombstone, removes the row and its child rows, and — while a read lease of its
+  namespace is live (:mod:`cdc.sink.readers`) — leaves a tombstone in the control
   schema; an upsert lands only when it beats both the stored row and any tombstone
   (``ON CONFLICT … DO UPDATE … WHERE`` the stored version is older, or equal for stream
   rows), clears the tombstone, and replaces its child rows (rows of a shrunk array go).
-  Rows and tombstones end the same whatever the order in which batches, backfill
-  chunks, retries and replays arrive; a tombstone exists exactly while its document's
-  last state is "deleted".
+  Rows end the same whatever the order in which batches, backfill chunks, retries and
+  replays arrive; a key never has both a row and a tombstone, and a tombstone is never
+  newer than its document's last delete.
 * **Direct path**: a batch that only copies (backfill) into keys the target has never
   seen is COPYed straight into the target tables inside a savepoint; the primary key and
   a tombstone probe send anything else back to the staged merge.
-* **Checkpoint**: the stream position (never moved backwards) and the completed
-  backfill chunk are written in the same transaction as the rows, so a crash leaves
+* **Checkpoint**: the stream position (never moved backwards; a stream batch that
+  starts before the stored position is refused, :class:`~cdc.errors.StreamFenced`) and
+  the completed backfill chunk are written in the same transaction as the rows, so a crash leaves
   either all of a batch or none of it (exactly-once effect over at-least-once delivery).
 
 The control schema is created by versioned migrations (:mod:`cdc.sink.migrations`);

@@ -25,13 +25,21 @@ still write, and every such read holds a **read lease**, a row of the control ta
    upserts), it renews the lease (``expires_at = clock_timestamp() + lease``) only if it
    has not expired, else it writes nothing (:class:`~cdc.errors.ReadLeaseLost`).
    Because a delete batch and a write of the same table exclude each other through
-   that lock and both compare against PostgreSQL's clock, either the delete saw the
-   lease live (and left tombstones), or the lease had expired before the delete looked
-   (and every later write under it is refused). An expired lease therefore needs no
-   cleanup for correctness; rows of crashed readers are removed when the next lease
-   opens.
-4. **Close after the last write.** A reader removes its lease once its last batch has
+   that lock, either the delete saw the lease live (and left tombstones), or it found
+   the lease expired — and removed it in the same statement, so every later write
+   under it is refused, even if PostgreSQL's clock stepped back meanwhile. Leases of
+   crashed readers are also removed when the next lease opens.
+4. **Kept alive while reading, closed after the last write.** A reader renews its lease
+   every quarter of its length while it reads (a throttled or slow read may pause
+   longer than a lease between two writes), and removes it once its last batch has
    committed; until then its namespace's deletes keep leaving tombstones.
+5. **One applier of the stream at a time.** The stream's own events are safe only when
+   applied in order. Several daemons sharing a control schema each run a tailer, so a
+   stream batch names the checkpoint it continues from (:attr:`cdc.batch.Batch.after`)
+   and the sink refuses it (:class:`~cdc.errors.StreamFenced`, nothing written) when
+   the stream's stored checkpoint, locked in the batch's transaction, is already past
+   it: the lagging tailer goes on from the stored checkpoint instead of applying events
+   older than deletes another one applied.
 
 Tombstones left earlier stay valid: they only ever make a write lose that would have
 been older than a delete.
@@ -55,7 +63,8 @@ class ReaderSql:
     renew: str
     """``$1`` lease id: ``UPDATE 1`` if it was live and is renewed, else ``UPDATE 0``."""
     live: str
-    """``$1`` namespaces (text[]): those among them with a live lease."""
+    """``$1`` namespaces (text[]): those among them with a live lease; removes their
+    expired leases."""
 
     def renew_literal(self, reader: int) -> str:
         """:attr:`renew` with the id as a literal, to run after the lock statement in
@@ -77,6 +86,11 @@ def build(control_schema: str) -> ReaderSql:
         close=q("DELETE FROM {t} WHERE id = $1"),
         renew=q("UPDATE {t} SET expires_at = clock_timestamp() + lease"
                 " WHERE id = $1 AND expires_at > clock_timestamp()"),
-        live=q("SELECT DISTINCT namespace FROM {t} WHERE namespace = ANY($1::text[])"
-               " AND expires_at > clock_timestamp()"),
+        # One clock reading decides; the leases found expired are removed there and
+        # then, so no later renewal can revive one (whatever PostgreSQL's clock does).
+        live=q("WITH now AS (SELECT clock_timestamp() AS t),"
+               " dead AS (DELETE FROM {t} r USING now WHERE r.namespace = ANY($1::text[])"
+               " AND r.expires_at <= now.t)"
+               " SELECT DISTINCT r.namespace FROM {t} r, now"
+               " WHERE r.namespace = ANY($1::text[]) AND r.expires_at > now.t"),
     )

@@ -46,7 +46,13 @@ import psycopg
 from psycopg import sql
 
 from cdc.batch import Batch, Checkpoint, Op, Origin
-from cdc.errors import InvariantError, ReadLeaseLost, TargetUnavailable, is_retriable
+from cdc.errors import (
+    InvariantError,
+    ReadLeaseLost,
+    StreamFenced,
+    TargetUnavailable,
+    is_retriable,
+)
 from cdc.mapping.model import Mapper, TableShape
 from cdc.sink import ddl, readers, statements
 from cdc.sink.migrations import LOCK_SPACE, migrate
@@ -160,6 +166,9 @@ class Sink:
             "SELECT stream, resume_token, cluster_time FROM {}.checkpoints WHERE stream = $1"
         ).format(ctl).as_string(None)
         self._sql_readers = readers.build(control_schema)
+        self._sql_fence = sql.SQL(
+            "SELECT cluster_time FROM {}.checkpoints WHERE stream = $1 FOR UPDATE"
+        ).format(ctl).as_string(None)
 
     @classmethod
     async def open(cls, dsn: str, control_schema: str, mapper_for: MapperFor, *,
@@ -214,7 +223,8 @@ class Sink:
         before the read's label, name it in every batch of what was read
         (:attr:`Batch.reader`), close it after the last one. ``holder`` names the
         process for operators; the lease expires ``lease_seconds`` after its last
-        renewal (each batch under it renews it; :meth:`renew_reader` between batches)."""
+        renewal (each batch under it renews it; the reader also calls :meth:`renew_reader`
+        while it reads)."""
         try:
             reader: int = await self._pool.fetchval(self._sql_readers.open, str(namespace),
                                                     holder, float(lease_seconds))
@@ -287,7 +297,7 @@ class Sink:
             async with self._pool.acquire() as conn:
                 await self._write(conn, batch, plan.namespaces, plan.dead_letters,
                                   plan.result)
-        except (InvariantError, ReadLeaseLost, TargetUnavailable):
+        except (InvariantError, ReadLeaseLost, StreamFenced, TargetUnavailable):
             raise
         except Exception as exc:
             _raise_if_unavailable(exc, f"applying {_describe(batch)}")
@@ -391,6 +401,15 @@ class Sink:
             staged.add("")
             staged.update(m.stage for m in missing)
         async with conn.transaction():
+            cp = batch.checkpoint
+            if cp is not None and batch.after is not None:
+                # The stream's row lock orders its appliers; one that is behind what
+                # another committed writes nothing (its events could be older than a
+                # delete applied without a tombstone, see cdc.sink.readers).
+                stored = await conn.fetchval(self._sql_fence, cp.stream)
+                if stored is not None and stored > batch.after:
+                    raise StreamFenced(f"stream {cp.stream!r} was applied past this batch's"
+                                       " start by another applier")
             locks: dict[int, bool] = {}
             for known, p in work:
                 key = _lock_key(known.sql.root.qualified)
@@ -443,8 +462,7 @@ class Sink:
                 await conn.executemany(self._sql_letter, [
                     (x.namespace, x.id_bson, x.version, x.raw, x.reason, x.resolved)
                     for x in batch.letters])
-            if batch.checkpoint is not None:
-                cp = batch.checkpoint
+            if cp is not None:
                 await conn.execute(self._sql_checkpoint, cp.stream, cp.resume_token,
                                    cp.cluster_time)
             if batch.chunk_id is not None:

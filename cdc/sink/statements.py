@@ -17,8 +17,8 @@ constraints) that COPY fills, and runs per batch:
   their key sets are disjoint after coalescing). The ``WHERE`` of ``ON CONFLICT`` is
   evaluated against the latest committed row version after waiting for its lock, so two
   writers racing on one key end with the newer one. The same statement removes the
-  tombstones of the keys it wrote (a key has a row or a tombstone, never both: the
-  tombstone exists exactly while the document's last state is "deleted") and records
+  tombstones of the keys it wrote (a key has a row or a tombstone, never both; a deleted
+  document has a tombstone if a read lease was live when it was deleted) and records
   the keys in ``_m2p_applied`` for the child statements.
 * **children** — two statements for all child tables: delete every child row of the
   parents recorded in ``_m2p_applied``, then insert their staged child rows (a shrunk

@@ -46,6 +46,10 @@ class HookedSink:
         reader: int = await self.sink.open_reader(namespace, holder, lease_seconds)
         return reader
 
+    async def renew_reader(self, reader: int) -> bool:
+        renewed: bool = await self.sink.renew_reader(reader)
+        return renewed
+
     async def close_reader(self, reader: int) -> None:
         await self.sink.close_reader(reader)
 
