@@ -400,7 +400,9 @@ class Sink:
                                         + [m.stage_ddl for m in missing]))
             staged.add("")
             staged.update(m.stage for m in missing)
-        async with conn.transaction():
+        # READ COMMITTED whatever the server's default: each statement's snapshot is taken
+        # after the advisory locks were granted (the lease and delete checks rely on it).
+        async with conn.transaction(isolation="read_committed"):
             cp = batch.checkpoint
             if cp is not None and batch.after is not None:
                 # The stream's row lock orders its appliers; one that is behind what
