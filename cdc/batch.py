@@ -95,6 +95,10 @@ class Batch(msgspec.Struct):
     (:class:`~cdc.errors.StreamFenced`) when the stored checkpoint of its stream is
     already past it: stream batches are applied in stream order, one applier at a time.
     ``None``: not checked (the first checkpoint of a stream)."""
+    coalesced: bool = False
+    """No two changes share a namespace and raw ``_id`` (the tailer coalesced them), so
+    the sink skips its own coalescing by raw id; two ids that map to one key are still
+    decided by the version rule."""
     reader: int | None = None
     """The read lease (:meth:`cdc.sink.Sink.open_reader`) under which this batch's
     backfill changes were read; required when it has any. The sink renews it in the

@@ -525,7 +525,7 @@ class Tailer:
         position = pending.position
         batch = Batch(changes, Checkpoint(self.stream_name, position.token,
                                           position.cluster_time.packed),
-                      after=self._after())
+                      after=self._after(), coalesced=True)
         began = time.perf_counter()
         result = await self._sink.apply(batch)
         _count_dead_letters(result)

@@ -249,10 +249,12 @@ def _beats(later: Change, earlier: Change) -> bool:
     )
 
 
-def plan_batch(batch: Batch, mapper_of: Callable[[Namespace], Mapper]) -> Plan:
-    """Coalesce ``batch`` by raw id and map its deletes; upserts map in root_records."""
-    result = ApplyResult()
-    # Grouped by namespace first (a batch rarely holds more than one), then by raw id.
+Groups = dict[Namespace, list[tuple[int, Change]]]
+
+
+def _coalesce(batch: Batch, result: ApplyResult) -> Groups:
+    """(position, change) of each raw id's winner, by namespace (a batch rarely holds
+    more than one), in the order of each id's first appearance."""
     groups: dict[Namespace, dict[bytes, tuple[int, Change]]] = {}
     last: Namespace | None = None
     first: dict[bytes, tuple[int, Change]] = {}
@@ -269,6 +271,26 @@ def plan_batch(batch: Batch, mapper_of: Callable[[Namespace], Mapper]) -> Plan:
             result.of(change.namespace, prev[1].op).skipped += 1
         else:
             result.of(change.namespace, change.op).skipped += 1
+    return {ns: list(winners.values()) for ns, winners in groups.items()}
+
+
+def _by_namespace(changes: list[Change]) -> Groups:
+    """(position, change) by namespace, for a batch whose raw ids are distinct already."""
+    groups: Groups = {}
+    last: Namespace | None = None
+    into: list[tuple[int, Change]] = []
+    for pos, change in enumerate(changes):
+        if change.namespace is not last:
+            last = change.namespace
+            into = groups.setdefault(last, [])
+        into.append((pos, change))
+    return groups
+
+
+def plan_batch(batch: Batch, mapper_of: Callable[[Namespace], Mapper]) -> Plan:
+    """Coalesce ``batch`` by raw id and map its deletes; upserts map in root_records."""
+    result = ApplyResult()
+    groups = _by_namespace(batch.changes) if batch.coalesced else _coalesce(batch, result)
 
     dead: list[DeadLetter] = []
     plans: dict[Namespace, NamespacePlan] = {}
@@ -279,7 +301,7 @@ def plan_batch(batch: Batch, mapper_of: Callable[[Namespace], Mapper]) -> Plan:
         plan = plans[ns] = NamespacePlan(ns, mapper, mapper.tables()[0].name)
         upserts, deletes, seen, map_key = plan.upserts, plan.deletes, plan._seen, mapper.map_key
         all_new = True
-        for pos, change in winners.values():
+        for pos, change in winners:
             if change.origin is not backfill and not change.fresh:
                 all_new = False
             if change.op is upsert:

@@ -131,3 +131,19 @@ def test_child_rows_of_a_displaced_document_are_left_out() -> None:
     ]
     assert all(r[-1] in (5, 6) for r in kept)
     assert [t for t in p.direct_tails] == [(True, 0), (True, 1), (True, 2)]
+
+
+def test_a_coalesced_batch_plans_like_one_the_sink_coalesces_itself() -> None:
+    """The tailer's batches have distinct raw ids; skipping the planner's own coalescing
+    changes nothing, and ids that map to one key (1 and 1.0) are still decided."""
+    changes = [up(1, 5, "a"), rm(2, 6), up(3, 7, "c", ns=OTHER), up(1.0, 8, "b"),
+               rm(4, 9), up(5, 9, "e")]
+    plain = plan_batch(Batch(list(changes)), mapper)
+    fast = plan_batch(Batch(list(changes), coalesced=True), mapper)
+    rows = {ns: staged(fast, ns) for ns in (NS, OTHER)}
+    assert rows == {ns: staged(plain, ns) for ns in (NS, OTHER)}
+    assert rows[NS] == (["b", "e"], [0])
+    for ns in (NS, OTHER):
+        assert fast.namespaces[ns].delete_arrays() == plain.namespaces[ns].delete_arrays()
+        assert fast.namespaces[ns].all_new == plain.namespaces[ns].all_new
+    assert fast.result == plain.result
