@@ -25,7 +25,6 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import PyMongoError
-from pymongo.read_concern import ReadConcern
 
 from backfill.bsonorder import Bracket, bracket, range_filter
 from cdc.replies import read_cursor_reply
@@ -84,17 +83,32 @@ async def chunk_filter(client: AsyncMongoClient[Any], namespace: Namespace,
     return range_filter(lower, upper, lowest=span[0], highest=span[1])
 
 
+def majority(after: ClusterTime | None) -> dict[str, Any]:
+    """Read concern ``majority``, at or after ``after`` when given: a server (even a new
+    primary whose majority point lags after an election) answers from a snapshot that
+    holds every write up to ``after``."""
+    if after is None:
+        return {"level": "majority"}
+    return {"level": "majority", "afterClusterTime": after.to_bson()}
+
+
 async def read_label(client: AsyncMongoClient[Any], namespace: Namespace,
-                     session: AsyncClientSession, floor: ClusterTime) -> ClusterTime:
-    """A majority-committed cluster time no later than what the next read will see."""
-    coll = client[namespace.db].get_collection(
-        namespace.coll, read_concern=ReadConcern("majority"))
+                     session: AsyncClientSession, floor: ClusterTime,
+                     after: ClusterTime | None = None) -> ClusterTime:
+    """A majority-committed cluster time no later than what the next read will see, and
+    not before ``after`` (what the sink had applied when the read's lease was opened:
+    see :meth:`cdc.sink.Sink.applied_time`)."""
     # A point lookup of an _id no collection uses: the cheapest majority read there is.
-    await coll.find_one({"_id": _LABEL_PROBE}, {"_id": 1}, session=session)
-    ts = session.operation_time
+    reply = await client[namespace.db].command(
+        {"find": namespace.coll, "filter": {"_id": _LABEL_PROBE},
+         "projection": {"_id": 1}, "limit": 1, "singleBatch": True,
+         "readConcern": majority(after)},
+        session=session)
+    ts = reply.get("operationTime") or session.operation_time
     if ts is None:
-        return floor
-    return max(ClusterTime.from_bson(ts), floor)
+        return max(floor, after) if after is not None else floor
+    label = max(ClusterTime.from_bson(ts), floor)
+    return max(label, after) if after is not None else label
 
 
 def cursor_batch(reply: bytes) -> tuple[int, list[bytes]]:
@@ -111,19 +125,21 @@ def _bytes(reply: RawBSONDocument) -> bytes:
 
 async def read_batches(client: AsyncMongoClient[Any], namespace: Namespace,
                        filter_: dict[str, Any], *, batch_size: int,
-                       session: AsyncClientSession) -> AsyncIterator[list[bytes]]:
+                       session: AsyncClientSession, after: ClusterTime | None = None
+                       ) -> AsyncIterator[list[bytes]]:
     """The raw documents of the range, one list per server batch, in ``_id`` order.
 
     ``find``/``getMore`` are sent as commands and their replies kept as bytes
     (:func:`cursor_batch`): pymongo's raw-batch cursor re-assembles each batch through
-    a partial decode, about half of the client's read cost. A cursor left open (the
-    caller stopped early, or failed) is killed.
+    a partial decode, about half of the client's read cost. With ``after`` (the read's
+    label) the snapshot read is not older than it. A cursor left open (the caller
+    stopped early, or failed) is killed.
     """
     db = client.get_database(namespace.db, codec_options=_RAW)
     reply = await db.command(
         {"find": namespace.coll, "filter": filter_, "sort": {"_id": 1},
          "hint": {"_id": 1}, "batchSize": batch_size,
-         "readConcern": {"level": "majority"}},
+         "readConcern": majority(after)},
         session=session, codec_options=_RAW)
     cursor_id, docs = cursor_batch(_bytes(reply))
     try:

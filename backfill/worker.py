@@ -69,6 +69,8 @@ class SinkLike(Protocol):
 
     async def renew_reader(self, reader: int) -> bool: ...
 
+    async def applied_time(self, namespace: Namespace) -> int | None: ...
+
     async def close_reader(self, reader: int) -> None: ...
 
 
@@ -217,7 +219,8 @@ class Backfill:
         filter_ = await chunk_filter(self.client, ns, chunk.lower, chunk.upper, self._spans)
         async with self._read_lease(ns) as reader, \
                 self.client.start_session(causal_consistency=False) as session:
-            label = await read_label(self.client, ns, session, self.stream_start)
+            label = await read_label(self.client, ns, session, self.stream_start,
+                                     await self._applied(ns))
             await self.store.renew(chunk.id, docs=0, nbytes=0, read_started=label.packed)
             try:
                 if filter_ is None:
@@ -226,7 +229,8 @@ class Backfill:
                 failed: list[Exception] = []
                 try:
                     async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._read_chunk, ns, filter_, session, send, failed)
+                        tg.start_soon(self._read_chunk, ns, filter_, session, label, send,
+                                      failed)
                         with receive:
                             done = await self._write_chunk(chunk, label, reader, receive,
                                                            failed)
@@ -260,6 +264,11 @@ class Backfill:
                     log.warning("could not close a read lease", extra={"fields": {
                         "error": type(exc).__name__}})
 
+    async def _applied(self, ns: Namespace) -> ClusterTime | None:
+        """What the sink had applied once the lease was open: the label's lower bound."""
+        applied = await self.sink.applied_time(ns)
+        return None if applied is None else ClusterTime.from_packed(applied)
+
     async def _keep_lease(self, reader: int) -> None:
         """Renew ``reader`` until cancelled; stop once it has expired (the next write
         under it is refused, and the chunk is copied again)."""
@@ -273,7 +282,7 @@ class Backfill:
                     "error": type(exc).__name__}})
 
     async def _read_chunk(self, ns: Namespace, filter_: dict[str, Any],
-                          session: AsyncClientSession,
+                          session: AsyncClientSession, label: ClusterTime,
                           send: MemoryObjectSendStream[list[bytes]],
                           failed: list[Exception]) -> None:
         """The reader task: raw batches of the chunk, in order, until its end. A read
@@ -285,7 +294,7 @@ class Backfill:
                 async for batch in read_batches(self.client, ns, filter_,
                                                 batch_size=min(cfg.batch_size,
                                                                cfg.read_batch_documents),
-                                                session=session):
+                                                session=session, after=label):
                     await send.send(batch)
             except Exception as exc:
                 failed.append(exc)
@@ -363,13 +372,14 @@ class Backfill:
         found = 0
         async with self._read_lease(namespace) as reader, \
                 self.client.start_session(causal_consistency=False) as session:
-            label = await read_label(self.client, namespace, session, self.stream_start)
+            label = await read_label(self.client, namespace, session, self.stream_start,
+                                     await self._applied(namespace))
             seen: set[bytes] = set()
             for start in range(0, len(ids), self.config.batch_size):
                 part = list(ids[start:start + self.config.batch_size])
                 async for batch in read_batches(self.client, namespace, {"_id": {"$in": part}},
                                                 batch_size=self.config.batch_size,
-                                                session=session):
+                                                session=session, after=label):
                     seen.update(id_bson_from_raw(d) for d in batch)
                     found += len(batch)
                     await self._write(namespace, batch, label, reader, None)

@@ -16,6 +16,11 @@ still write, and every such read holds a **read lease**, a row of the control ta
    the sink applied before the lease was visible had been read from the change stream,
    so it was majority-committed before the label was taken: the label is at or after
    it, the read cannot see the deleted document, and no tombstone is needed for it.
+   The reader does not rely on the source's majority point moving forward only (after
+   an election a new primary's may lag): it reads what the streams have committed once
+   the batches in flight on the table are done (:meth:`Sink.applied_time`, under the
+   table's shared lock) and asks for its label and its snapshot at or after that
+   (``readConcern.afterClusterTime``).
 2. **Deletes look for live leases.** A batch with deletes holds its tables' exclusive
    advisory lock; then it reads the live leases of its namespaces (a statement of its
    own, so its snapshot is taken after the lock was granted). Where one is live, the

@@ -166,6 +166,8 @@ class Sink:
             "SELECT stream, resume_token, cluster_time FROM {}.checkpoints WHERE stream = $1"
         ).format(ctl).as_string(None)
         self._sql_readers = readers.build(control_schema)
+        self._sql_applied = sql.SQL("SELECT max(cluster_time) FROM {}.checkpoints"
+                                    ).format(ctl).as_string(None)
         self._sql_fence = sql.SQL(
             "SELECT cluster_time FROM {}.checkpoints WHERE stream = $1 FOR UPDATE"
         ).format(ctl).as_string(None)
@@ -232,6 +234,23 @@ class Sink:
             _raise_if_unavailable(exc, f"opening a read lease on {namespace}")
             raise
         return reader
+
+    async def applied_time(self, namespace: Namespace) -> int | None:
+        """The newest cluster time (packed) a stream has committed, read once every
+        batch in flight on ``namespace``'s table has committed (its shared lock): take
+        it after :meth:`open_reader` and read the label at or after it, so the label
+        covers every delete applied without the lease even where the source's majority
+        snapshot lags (a new primary after an election)."""
+        known = await self._ensure(namespace)
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(f"SELECT pg_advisory_xact_lock_shared({LOCK_SPACE},"
+                                   f" {_lock_key(known.sql.root.qualified)})")
+                applied: int | None = await conn.fetchval(self._sql_applied)
+        except Exception as exc:
+            _raise_if_unavailable(exc, f"reading what is applied to {namespace}")
+            raise
+        return applied
 
     async def renew_reader(self, reader: int) -> bool:
         """Extend a live read lease; False if it had expired (the read must start over)."""

@@ -46,6 +46,10 @@ class HookedSink:
         reader: int = await self.sink.open_reader(namespace, holder, lease_seconds)
         return reader
 
+    async def applied_time(self, namespace: Namespace) -> int | None:
+        applied: int | None = await self.sink.applied_time(namespace)
+        return applied
+
     async def renew_reader(self, reader: int) -> bool:
         renewed: bool = await self.sink.renew_reader(reader)
         return renewed

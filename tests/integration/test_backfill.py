@@ -14,13 +14,13 @@ from bson.int64 import Int64
 from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
 from psycopg import sql
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 from pymongo.errors import AutoReconnect
 
 from backfill.config import BackfillConfig
-from backfill.worker import expand_namespaces
+from backfill.worker import Backfill, expand_namespaces
 from cdc.batch import Batch, Origin
-from cdc.types import Namespace
+from cdc.types import ClusterTime, Namespace
 from tests.integration.backfill_support import (
     CONTROL,
     HookedSink,
@@ -286,5 +286,56 @@ async def test_chunk_whose_read_lease_expired_is_handed_back_and_copied_again(
         result = compare(mongo_uri, pg_dsn, [ns])
         assert result.documents == 60
         assert result.mismatches == 0
+    finally:
+        await client.close()
+
+
+class _Finds(monitoring.CommandListener):
+    """The ``find`` commands a client sends, as sent."""
+
+    def __init__(self) -> None:
+        self.finds: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find":
+            self.finds.append(dict(event.command))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_reads_under_a_lease_ask_for_a_snapshot_at_or_after_what_was_applied(
+    mongo_uri: str, pg_dsn: str
+) -> None:
+    """The label's read and the chunk's reads carry ``afterClusterTime``: the label is
+    not older than what the stream had applied when the lease opened (a delete applied
+    without a tombstone), even where the server's majority snapshot lags."""
+    db = fresh_db()
+    ns = Namespace(db, "c")
+    listener = _Finds()
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, event_listeners=[listener])
+    try:
+        await client[db]["c"].insert_many([{"_id": i} for i in range(30)])
+        async with pipeline(mongo_uri, pg_dsn, [f"{db}.c"]) as p:
+            await client[db]["c"].delete_one({"_id": 0})
+            await p.caught_up()
+            applied = await p.sink.applied_time(ns)
+            assert applied is not None
+            bf = Backfill(client=client, sink=p.sink, store=p.store, config=SMALL,
+                          stream_start=p.start)
+            assert await bf.copy_ids(ns, [1, 2]) == 2
+            assert await bf.run([ns])
+        reads = [f for f in listener.finds if "readConcern" in f]
+        labels = [f for f in reads if f.get("limit") == 1 and "hint" not in f]
+        chunks = [f for f in reads if "hint" in f]
+        assert labels and chunks
+        for find in reads:
+            assert find["readConcern"]["level"] == "majority"
+            assert ClusterTime.from_bson(find["readConcern"]["afterClusterTime"]).packed \
+                >= applied
+        assert compare(mongo_uri, pg_dsn, [ns]).mismatches == 0
     finally:
         await client.close()
