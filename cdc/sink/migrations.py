@@ -15,6 +15,8 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
+from cdc.errors import ControlError
+
 # First key of every advisory lock mongo2pg takes (the two-int form keeps our locks in a
 # space of their own); the second key is hashtext() of what is locked.
 LOCK_SPACE = 0x6D327067  # "m2pg"
@@ -95,6 +97,15 @@ MIGRATIONS: tuple[tuple[int, tuple[Statement, ...]], ...] = (
 LATEST = MIGRATIONS[-1][0]
 
 
+def _refuse_newer(schema: str, done: set[int]) -> None:
+    """A control schema migrated by a newer mongo2pg is not ours to write: an older
+    binary does not know its rules (e.g. read leases, migration 2)."""
+    if done and max(done) > LATEST:
+        raise ControlError("schema_newer", f"control schema {schema!r} is at version "
+                           f"{max(done)}, newer than this mongo2pg knows ({LATEST}):"
+                           " run the newer version, or stop it before going back")
+
+
 def _lock(schema: str) -> sql.Composed:
     return sql.SQL("SELECT pg_advisory_xact_lock({}, hashtext({}))").format(
         sql.Literal(LOCK_SPACE), sql.Literal(f"migrations:{schema}")
@@ -123,6 +134,7 @@ async def migrate(conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str
             sql.SQL("SELECT version FROM {}.schema_migrations").format(ident)
         )
         done = {int(str(row[0])) for row in await cur.fetchall()}
+        _refuse_newer(schema, done)
         for version, statements in MIGRATIONS:
             if version in done:
                 continue
@@ -151,6 +163,7 @@ def migrate_sync(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> l
                 sql.SQL("SELECT version FROM {}.schema_migrations").format(ident)
             ).fetchall()
         }
+        _refuse_newer(schema, done)
         for version, statements in MIGRATIONS:
             if version in done:
                 continue

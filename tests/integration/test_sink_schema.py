@@ -9,6 +9,7 @@ import pytest
 from psycopg import sql
 
 from cdc.batch import Batch
+from cdc.errors import ControlError
 from cdc.mapping import Column, TableShape
 from cdc.sink import CONTROL_SCHEMA_VERSION, Sink, migrate_sync
 from cdc.sink.ddl import ensure_tables
@@ -157,3 +158,12 @@ async def test_tables_of_a_namespace_seen_first_at_runtime_are_created(pg_dsn: s
     finally:
         await sink.close()
     assert set(rows(pg_dsn, fresh)) == {key_of(1, fresh), key_of(2, fresh)}
+
+
+def test_a_control_schema_newer_than_this_version_is_refused(pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate_sync(conn, CONTROL)
+        conn.execute(sql.SQL("INSERT INTO {}.schema_migrations (version) VALUES (%s)").format(
+            sql.Identifier(CONTROL)), (CONTROL_SCHEMA_VERSION + 1,))
+        with pytest.raises(ControlError, match="newer than this mongo2pg knows"):
+            migrate_sync(conn, CONTROL)
