@@ -174,7 +174,18 @@ def encode_parts(entry: Entry) -> Entry:
         entry.head = _head(entry)
         entry.mid = _elements({"ns": {"db": entry.db, "coll": entry.coll},
                                "documentKey": entry.key})
+        if entry.op == "update" and entry.key is not None:
+            entry.lookup = sort_key(entry.key["_id"])
+            if entry.update is not None:
+                entry.desc = _update_description(entry.update)
     return entry
+
+
+def _update_description(desc: dict[str, Any]) -> bytes:
+    """The ``updateDescription`` element without ``disambiguatedPaths`` (the common,
+    non-expanded form)."""
+    return _elements({"updateDescription": {
+        k: v for k, v in desc.items() if k != "disambiguatedPaths"}})
 
 
 def build_raw(entry: Entry, opts: Options, store: Store) -> bytes:
@@ -202,8 +213,10 @@ def build_raw(entry: Entry, opts: Options, store: Store) -> bytes:
         full = entry.post
     elif op == "update" and opts.full_document == "updateLookup":
         coll = store.get(entry.db, entry.coll or "")
-        full = None if coll is None or entry.key is None \
-            else coll.get(sort_key(entry.key["_id"]))
+        lookup = entry.lookup
+        if lookup is None and entry.key is not None:
+            lookup = sort_key(entry.key["_id"])
+        full = None if coll is None or lookup is None else coll.get(lookup)
     elif op == "update" and opts.full_document in ("whenAvailable", "required"):
         if entry.post is None and opts.full_document == "required":
             raise CommandError(280, "Change stream was configured to require a post-image "
@@ -220,8 +233,7 @@ def build_raw(entry: Entry, opts: Options, store: Store) -> bytes:
             parts.append(_elements({"updateDescription": desc}))
         else:   # the common case, encoded once: without disambiguatedPaths
             if entry.desc is None:
-                entry.desc = _elements({"updateDescription": {
-                    k: v for k, v in desc.items() if k != "disambiguatedPaths"}})
+                entry.desc = _update_description(desc)
             parts.append(entry.desc)
     if opts.before_change in ("whenAvailable", "required") and op != "insert":
         if entry.pre is None:

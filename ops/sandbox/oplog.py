@@ -71,6 +71,7 @@ class Entry:
     head: bytes | None = None                  # cached event prefix (see events.build_raw)
     mid: bytes | None = None                   # cached ns + documentKey elements
     desc: bytes | None = None                  # cached updateDescription element
+    lookup: Any = None                         # sort key of documentKey._id (updates)
 
     def ns_match(self, db: str | None, coll: str | None) -> bool:
         return (db is None or self.db == db) and (coll is None or self.coll == coll)
