@@ -240,6 +240,9 @@ class Plan:
     namespaces: dict[Namespace, NamespacePlan]
     dead_letters: list[DeadLetter]
     result: ApplyResult
+    backfill: bool = False
+    """A backfill change is left after coalescing: it may write, so the batch must
+    carry a read lease (:mod:`cdc.sink.readers`)."""
 
 
 def _beats(later: Change, earlier: Change) -> bool:
@@ -296,13 +299,16 @@ def plan_batch(batch: Batch, mapper_of: Callable[[Namespace], Mapper]) -> Plan:
     plans: dict[Namespace, NamespacePlan] = {}
     # Enum members bound once: a lookup on an Enum class is slow next to this loop's work.
     upsert, backfill, stream = Op.UPSERT, Origin.BACKFILL, Origin.STREAM
+    has_backfill = False
     for ns, winners in groups.items():
         mapper = mapper_of(ns)
         plan = plans[ns] = NamespacePlan(ns, mapper, mapper.tables()[0].name)
         upserts, deletes, seen, map_key = plan.upserts, plan.deletes, plan._seen, mapper.map_key
         all_new = True
         for pos, change in winners:
-            if change.origin is not backfill and not change.fresh:
+            if change.origin is backfill:
+                has_backfill = True
+            elif not change.fresh:
                 all_new = False
             if change.op is upsert:
                 upserts.append((pos, change))
@@ -327,4 +333,4 @@ def plan_batch(batch: Batch, mapper_of: Callable[[Namespace], Mapper]) -> Plan:
             plan.deletes = [d for d in plan.deletes if d[3] not in gone]
             plan.losers.clear()
         plan.staged_deletes = len(plan.deletes)
-    return Plan(plans, dead, result)
+    return Plan(plans, dead, result, has_backfill)

@@ -45,7 +45,7 @@ import asyncpg
 import psycopg
 from psycopg import sql
 
-from cdc.batch import Batch, Checkpoint, Op, Origin
+from cdc.batch import Batch, Checkpoint, Op
 from cdc.errors import (
     InvariantError,
     ReadLeaseLost,
@@ -90,6 +90,12 @@ def _lock_key(qualified: str) -> int:
     """Stable signed 32-bit key of a table's write lock (crc32; collisions only serialise)."""
     value = zlib.crc32(f"sink:{qualified}".encode())
     return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _lock_sql(qualified: str, *, exclusive: bool) -> str:
+    """The statement taking a table's transaction-scoped write lock."""
+    kind = "" if exclusive else "_shared"
+    return f"SELECT pg_advisory_xact_lock{kind}({LOCK_SPACE}, {_lock_key(qualified)})"
 
 
 class _Connection(asyncpg.Connection):
@@ -244,8 +250,7 @@ class Sink:
         known = await self._ensure(namespace)
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute(f"SELECT pg_advisory_xact_lock_shared({LOCK_SPACE},"
-                                   f" {_lock_key(known.sql.root.qualified)})")
+                await conn.execute(_lock_sql(known.sql.root.qualified, exclusive=False))
                 applied: int | None = await conn.fetchval(self._sql_applied)
         except Exception as exc:
             _raise_if_unavailable(exc, f"reading what is applied to {namespace}")
@@ -305,10 +310,10 @@ class Sink:
         # Ensure the layout of every namespace first so mapping uses the cached mapper.
         for ns in _namespaces(batch):
             await self._ensure(ns)
-        if batch.reader is None and any(c.origin is Origin.BACKFILL for c in batch.changes):
+        plan = plan_batch(batch, self._mapper_of)
+        if batch.reader is None and plan.backfill:
             raise InvariantError(f"{_describe(batch)} has backfill changes but no read"
                                  " lease (Batch.reader)")
-        plan = plan_batch(batch, self._mapper_of)
         if (not batch.changes and batch.checkpoint is None and batch.chunk_id is None
                 and not batch.letters):
             return plan.result
@@ -431,12 +436,13 @@ class Sink:
                 if stored is not None and stored > batch.after:
                     raise StreamFenced(f"stream {cp.stream!r} was applied past this batch's"
                                        " start by another applier")
-            locks: dict[int, bool] = {}
+            locks: dict[str, bool] = {}
             for known, p in work:
-                key = _lock_key(known.sql.root.qualified)
-                locks[key] = locks.get(key, False) or bool(p.deletes)
-            script = [f"SELECT pg_advisory_xact_lock{'' if exclusive else '_shared'}"
-                      f"({LOCK_SPACE}, {key})" for key, exclusive in sorted(locks.items())]
+                table = known.sql.root.qualified
+                locks[table] = locks.get(table, False) or bool(p.deletes)
+            # Sorted by lock key: concurrent batches take their locks in one order.
+            script = [_lock_sql(table, exclusive=exclusive) for table, exclusive
+                      in sorted(locks.items(), key=lambda item: _lock_key(item[0]))]
             if batch.reader is not None:
                 # After the locks: a delete batch of these tables has committed or waits.
                 script.append(self._sql_readers.renew_literal(batch.reader))

@@ -198,14 +198,11 @@ def build_raw(entry: Entry, opts: Options, store: Store) -> bytes:
     op = entry.op
     if op not in DOC_OPS:
         return bson.encode(build(entry, opts, store))
-    head = entry.head
-    if head is None:
-        head = entry.head = _head(entry)
+    if entry.head is None:  # an entry not recorded through entry_for
+        encode_parts(entry)
+    assert entry.head is not None and entry.mid is not None
     mid = entry.mid
-    if mid is None:
-        mid = entry.mid = _elements({"ns": {"db": entry.db, "coll": entry.coll},
-                                     "documentKey": entry.key})
-    parts = [head]
+    parts = [entry.head]
     if opts.expanded and entry.uuid is not None:
         parts.append(_elements({"collectionUUID": entry.uuid}))
     has_full, full = True, None
@@ -213,10 +210,7 @@ def build_raw(entry: Entry, opts: Options, store: Store) -> bytes:
         full = entry.post
     elif op == "update" and opts.full_document == "updateLookup":
         coll = store.get(entry.db, entry.coll or "")
-        lookup = entry.lookup
-        if lookup is None and entry.key is not None:
-            lookup = sort_key(entry.key["_id"])
-        full = None if coll is None or lookup is None else coll.get(lookup)
+        full = None if coll is None or entry.lookup is None else coll.get(entry.lookup)
     elif op == "update" and opts.full_document in ("whenAvailable", "required"):
         if entry.post is None and opts.full_document == "required":
             raise CommandError(280, "Change stream was configured to require a post-image "
@@ -232,9 +226,7 @@ def build_raw(entry: Entry, opts: Options, store: Store) -> bytes:
         if opts.expanded:
             parts.append(_elements({"updateDescription": desc}))
         else:   # the common case, encoded once: without disambiguatedPaths
-            if entry.desc is None:
-                entry.desc = _update_description(desc)
-            parts.append(entry.desc)
+            parts.append(entry.desc or _update_description(desc))
     if opts.before_change in ("whenAvailable", "required") and op != "insert":
         if entry.pre is None:
             if opts.before_change == "required":

@@ -105,6 +105,14 @@ def scalar(dsn: str, query: sql.Composed, params: tuple[Any, ...] = ()) -> Any:
         return None if row is None else row[0]
 
 
+def expire_lease(dsn: str, reader: int) -> None:
+    """Let ``reader``'s read lease run out (as if its holder had paused past it)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL(
+            "UPDATE {} SET expires_at = clock_timestamp() - interval '1 second'"
+            " WHERE id = %s").format(sql.Identifier(CONTROL, "readers")), (reader,))
+
+
 class LeasedSink(Sink):
     """The sink, applying a batch that names no read lease under :attr:`lease` once
     :meth:`lease_all` opened it: a backfill read of ``NS`` in flight for the whole test,

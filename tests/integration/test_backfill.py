@@ -14,7 +14,7 @@ from bson.int64 import Int64
 from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
 from psycopg import sql
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 from pymongo.errors import AutoReconnect
 
 from backfill.config import BackfillConfig
@@ -28,6 +28,8 @@ from tests.integration.backfill_support import (
     compare,
     pipeline,
 )
+from tests.integration.sink_support import expire_lease
+from tests.support.tailing import FindRecorder
 
 pytestmark = pytest.mark.anyio
 
@@ -150,9 +152,6 @@ async def test_collection_created_and_dropped_during_backfill_end_equal(
 async def test_targeted_rebackfill_of_ids_and_of_a_namespace_repairs_the_target(
     mongo_uri: str, pg_dsn: str
 ) -> None:
-    import psycopg
-    from psycopg import sql
-
     db = fresh_db()
     ns = Namespace(db, "c")
     client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
@@ -270,11 +269,7 @@ async def test_chunk_whose_read_lease_expired_is_handed_back_and_copied_again(
             async def expire_first_lease(batch: Batch) -> None:
                 if batch.reader is not None and not expired:
                     expired.append(batch.reader)
-                    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-                        conn.execute(sql.SQL(
-                            "UPDATE {} SET expires_at = clock_timestamp() - interval '1 s'"
-                            " WHERE id = %s").format(sql.Identifier(CONTROL, "readers")),
-                            (batch.reader,))
+                    expire_lease(pg_dsn, batch.reader)
 
             bf = p.backfill(SMALL, sink=HookedSink(p.sink, expire_first_lease))
             assert await bf.run([ns])
@@ -290,23 +285,6 @@ async def test_chunk_whose_read_lease_expired_is_handed_back_and_copied_again(
         await client.close()
 
 
-class _Finds(monitoring.CommandListener):
-    """The ``find`` commands a client sends, as sent."""
-
-    def __init__(self) -> None:
-        self.finds: list[dict[str, Any]] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find":
-            self.finds.append(dict(event.command))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 async def test_reads_under_a_lease_ask_for_a_snapshot_at_or_after_what_was_applied(
     mongo_uri: str, pg_dsn: str
 ) -> None:
@@ -315,7 +293,7 @@ async def test_reads_under_a_lease_ask_for_a_snapshot_at_or_after_what_was_appli
     without a tombstone), even where the server's majority snapshot lags."""
     db = fresh_db()
     ns = Namespace(db, "c")
-    listener = _Finds()
+    listener = FindRecorder()
     client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, event_listeners=[listener])
     try:
         await client[db]["c"].insert_many([{"_id": i} for i in range(30)])

@@ -30,7 +30,15 @@ from cdc.sink import Sink
 from cdc.stream import StreamConfig, Tailer
 from cdc.types import ClusterTime, Namespace
 from tests.integration.backfill_support import compare, pipeline
-from tests.integration.sink_support import CONTROL, NS, delete, mapper_for, rows, upsert
+from tests.integration.sink_support import (
+    CONTROL,
+    NS,
+    delete,
+    expire_lease,
+    mapper_for,
+    rows,
+    upsert,
+)
 from tests.support.tailing import differences, mongo, open_sink
 
 FAST = StreamConfig(batch_max_events=200, batch_max_ms=50, max_await_ms=50)
@@ -116,10 +124,7 @@ def test_a_lease_a_delete_saw_expired_stays_dead_when_the_clock_steps_back(
         try:
             await sink.apply(Batch([upsert(1, 10)]))
             reader = await sink.open_reader(NS, "worker", 60)  # then the read: label 12
-            with psycopg.connect(pg_dsn, autocommit=True) as conn:  # a pause past 60 s
-                conn.execute(sql.SQL(
-                    "UPDATE {} SET expires_at = clock_timestamp() - interval '1 second'"
-                    " WHERE id = %s").format(sql.Identifier(CONTROL, "readers")), (reader,))
+            expire_lease(pg_dsn, reader)  # a pause past 60 s
             await sink.apply(Batch([delete(1, 15)]))  # saw it expired: no tombstone
             _step_clock_back(pg_dsn, reader, 120)  # PostgreSQL's clock steps back 2 min
             try:

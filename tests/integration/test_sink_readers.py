@@ -18,6 +18,7 @@ from tests.integration.sink_support import (
     CONTROL,
     NS,
     delete,
+    expire_lease,
     key_of,
     mapper_for,
     rows,
@@ -44,14 +45,6 @@ async def sink(pg_dsn: str) -> AsyncIterator[Sink]:
         yield s
     finally:
         await s.close()
-
-
-def expire(dsn: str, reader: int) -> None:
-    """Let ``reader``'s lease run out (as if its holder had paused past it)."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL(
-            "UPDATE {} SET expires_at = clock_timestamp() - interval '1 second'"
-            " WHERE id = %s").format(sql.Identifier(CONTROL, "readers")), (reader,))
 
 
 def leases(dsn: str) -> list[str]:
@@ -110,7 +103,7 @@ async def test_write_under_an_expired_lease_is_refused_whole(
 ) -> None:
     await sink.apply(Batch([upsert(1, 10)]))
     reader = await sink.open_reader(NS, "worker", 3600)
-    expire(pg_dsn, reader)
+    expire_lease(pg_dsn, reader)
     assert not await sink.renew_reader(reader)
     # Expired: the delete no longer needs a tombstone, and does not leave one ...
     await sink.apply(Batch([delete(1, 15)]))
@@ -143,7 +136,7 @@ async def test_each_write_renews_its_lease_and_a_new_lease_clears_expired_ones(
     assert expires() > 500
     assert await sink.renew_reader(short)
     stale = await sink.open_reader(OTHER, "crashed", 3600)
-    expire(pg_dsn, stale)
+    expire_lease(pg_dsn, stale)
     await sink.open_reader(NS, "next", 3600)
     assert leases(pg_dsn) == [str(NS), str(NS)]
 

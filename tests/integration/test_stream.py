@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 import bson
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 from cdc import metrics
 from cdc.batch import Op
@@ -18,6 +18,7 @@ from cdc.stream import StreamConfig, Tailer
 from cdc.types import ClusterTime
 from tests.support.tailing import (
     CONTROL,
+    FindRecorder,
     RecordingSink,
     checkpoint_time,
     differences,
@@ -306,30 +307,13 @@ def test_post_image_mode_refetches_an_update_whose_image_is_missing(
     anyio.run(main)
 
 
-class _FindRecorder(monitoring.CommandListener):
-    """Records the ``find`` commands a client sends (driver command monitoring)."""
-
-    def __init__(self) -> None:
-        self.finds: list[dict[str, Any]] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find":
-            self.finds.append(dict(event.command))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 def test_refetched_documents_are_read_with_majority_read_concern(
         mongo_uri: str, pg_dsn: str) -> None:
     """Content used for a change must not be rolled back later: re-fetches by ``_id``
     read with ``readConcern: majority``."""
     db = unique_db()
     ns = f"{db}.c"
-    recorder = _FindRecorder()
+    recorder = FindRecorder()
 
     async def main() -> None:
         client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, event_listeners=[recorder])

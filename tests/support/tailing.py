@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 from bson.raw_bson import RawBSONDocument
 from psycopg import sql
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 
 from cdc.batch import Batch
 from cdc.cursor import RAW
@@ -114,3 +114,20 @@ async def checkpoint_time(pg_dsn: str, stream: str = "main") -> int | None:
         return int(value) if value is not None else None
     finally:
         await conn.close()
+
+
+class FindRecorder(monitoring.CommandListener):
+    """Records the ``find`` commands a client sends (driver command monitoring)."""
+
+    def __init__(self) -> None:
+        self.finds: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find":
+            self.finds.append(dict(event.command))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
