@@ -19,6 +19,12 @@
  * an unexpected type, fullDocument neither a document nor null, an lsid/txnNumber
  * pair of unexpected types. A field that occurs twice counts with its last value,
  * as in the Python dict. Nothing is read past the buffer.
+ *
+ * split_array(buf, start, stop) cuts the elements of a BSON array of documents (a
+ * cursor reply's firstBatch/nextBatch) out of buf: start is the first element's type
+ * byte, stop the array's terminating NUL. It returns each element's document as bytes,
+ * like cdc/replies.py's _split_array, and raises ValueError where an element's name
+ * has no terminator or its document does not fit before stop.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -187,9 +193,46 @@ done:
     return result;
 }
 
+static PyObject *split_array(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t start, stop;
+    if (!PyArg_ParseTuple(args, "y*nn", &view, &start, &stop)) return NULL;
+    const unsigned char *buf = (const unsigned char *)view.buf;
+    PyObject *out = NULL;
+    if (start < 0 || stop > view.len || start > stop) goto malformed;
+    out = PyList_New(0);
+    if (out == NULL) goto done;
+    Py_ssize_t at = start;
+    while (at < stop) {
+        const unsigned char *zero = memchr(buf + at + 1, 0, (size_t)(stop - at - 1));
+        if (at + 1 >= stop || zero == NULL) goto malformed;
+        Py_ssize_t doc = (zero - buf) + 1;
+        if (doc + 4 > stop) goto malformed;
+        Py_ssize_t len = (Py_ssize_t)rd_i32(buf + doc);
+        if (len < 5 || len > stop - doc) goto malformed;
+        PyObject *item = PyBytes_FromStringAndSize((const char *)buf + doc, len);
+        if (item == NULL) goto fail;
+        int err = PyList_Append(out, item);
+        Py_DECREF(item);
+        if (err < 0) goto fail;
+        at = doc + len;
+    }
+    goto done;
+
+malformed:
+    PyErr_SetString(PyExc_ValueError, "malformed array of documents");
+fail:
+    Py_CLEAR(out);
+done:
+    PyBuffer_Release(&view);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O,
      "Offsets of a data change event's envelope fields in its raw BSON, or None."},
+    {"split_array", split_array, METH_VARARGS,
+     "The documents of a BSON array of documents, as bytes (see _fastevents.c)."},
     {NULL, NULL, 0, NULL},
 };
 

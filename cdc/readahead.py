@@ -6,14 +6,16 @@ tailer is busy with something else — consuming a reply or committing a batch t
 PostgreSQL — so that reading overlaps writing:
 
 * :meth:`ReadAhead.beside` runs the tailer's work and, in the same task group, a reader
-  that issues ``getMore`` after ``getMore`` on the cursor and queues the replies. Each
-  event of a queued reply is decoded there and then (:func:`~cdc.events.decode_raw`,
-  yielding to the event loop every few hundred events), so decoding runs while the
-  work waits on PostgreSQL. The reader stops after a reply shorter than requested (the
-  server had nothing more queued), once the queue holds ``cap`` events (memory stays
-  bounded: one batch being applied, one accumulating, at most ``cap`` queued), when the
-  cursor is to be dropped, or once the work is done — never in the middle of a
-  ``getMore``: an abandoned ``getMore`` would leave the cursor's position unknown.
+  that issues ``getMore`` after ``getMore`` on the cursor and queues the replies. The
+  events of a queued reply are decoded (:func:`~cdc.events.decode_raw`, yielding to
+  the event loop every few hundred events) in a task of their own while the next
+  ``getMore`` is out, so the server produces the next reply while this one is decoded,
+  and decoding runs while the work waits on PostgreSQL. The reader stops after a reply
+  shorter than requested (the server had nothing more queued), once the queue holds
+  ``cap`` events (memory stays bounded: one batch being applied, one accumulating, at
+  most ``cap`` queued), when the cursor is to be dropped, or once the work is done —
+  never in the middle of a ``getMore``: an abandoned ``getMore`` would leave the
+  cursor's position unknown.
 * The tailer takes queued replies in order (:meth:`ReadAhead.pop`) before it reads
   again. Replies are only *read* ahead: what is committed, and the checkpoint with it,
   is decided by the accumulator exactly as for a reply read in place, so exactly-once
@@ -33,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 from pymongo.errors import OperationFailure
 
@@ -116,7 +119,10 @@ class ReadAhead:
         finished = anyio.Event()
         result: list[T] = []
 
-        async def reader() -> None:
+        async def decode(item: Ahead, reply: Reply) -> None:
+            item.decoded = await predecode(reply)
+
+        async def reader(tg: anyio.abc.TaskGroup) -> None:
             wait = first_wait_ms
             while True:
                 try:
@@ -129,7 +135,9 @@ class ReadAhead:
                 item = Ahead(reply, None, wait < self._max_await_ms)
                 self._queue.append(item)
                 self._events += len(reply.events)
-                item.decoded = await predecode(reply)
+                # Decoded while the next getMore is out: the server produces the next
+                # reply while this one is decoded.
+                tg.start_soon(decode, item, reply)
                 if (not keep_going or len(reply.events) < requested or not cursor.alive
                         or self._events >= self.cap or finished.is_set() or stop()):
                     return
@@ -143,7 +151,7 @@ class ReadAhead:
 
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(reader)
+                tg.start_soon(reader, tg)
                 await run_work()
         except BaseExceptionGroup as group:
             raise first_error(group) from None

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import uuid
+from typing import Any
 
 import anyio
+import pytest
+from pymongo import AsyncMongoClient, monitoring
 
+from cdc import readahead
+from cdc.cursor import Reply
+from cdc.events import ChangeEvent
 from cdc.stream import StreamConfig, Tailer
 from tests.integration.test_stream import catch_up
 from tests.support.tailing import differences, mongo, open_sink, pg_connect
@@ -106,3 +113,59 @@ def test_replies_read_ahead_during_a_flush_are_applied_only_after_it_and_reread_
         await client.close()
 
     anyio.run(main)
+
+
+class GetMoreLog(monitoring.CommandListener):
+    """Appends to a shared log whenever a ``getMore`` is sent (``g``) and answered
+    (``r``)."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "getMore":
+            self.log.append("g")
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        if event.command_name == "getMore":
+            self.log.append("r")
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_the_next_getmore_is_out_while_a_reply_read_ahead_is_decoded(
+        mongo_uri: str, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = f"t{uuid.uuid4().hex[:10]}"
+    log: list[str] = []
+    plain = readahead.predecode
+
+    async def logged(reply: Reply) -> list[ChangeEvent | None]:
+        log.append("(")
+        try:
+            return await plain(reply)
+        finally:
+            log.append(")")
+
+    monkeypatch.setattr(readahead, "predecode", logged)
+
+    async def main() -> None:
+        client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, serverSelectionTimeoutMS=10_000,
+                                  event_listeners=[GetMoreLog(log)])
+        coll = client[db]["c"]
+        async with open_sink(pg_dsn) as sink:
+            # Replies of 1,000 events, up to 3 of them read ahead.
+            config = StreamConfig(batch_max_events=3000, max_await_ms=50)
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.c"], config=config)
+            await tailer.run_once()
+            await coll.insert_many([{"_id": i} for i in range(9000)])
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+        assert await differences(client, pg_dsn, [f"{db}.c"]) == []
+        await client.close()
+
+    anyio.run(main)
+    # A reply read ahead (r) that more follow is decoded (between parentheses) once the
+    # next getMore is out (g): "rg(", where reading then decoding gives "r()g".
+    order = "".join(log)
+    assert re.search(r"rg\(", order), order

@@ -19,6 +19,7 @@ from bson.regex import Regex
 from bson.timestamp import Timestamp
 
 from backfill.reader import cursor_batch, split_documents
+from cdc import replies
 from cdc.mapping.keys import id_bson_from_raw as id_document
 from cdc.replies import read_cursor_reply
 from cdc.types import ClusterTime
@@ -85,3 +86,39 @@ def test_cursor_reply_gives_ns_post_batch_token_and_operation_time_from_the_byte
     assert bare == (0, None, [], None, None)
     with pytest.raises(ValueError, match="without a cursor"):
         read_cursor_reply(bson.encode({"ok": 1.0}))
+
+
+def split_both(data: bytes, start: int, stop: int) -> tuple[object, object]:
+    """``split_array`` in C and in Python, each a list or the type of its error."""
+    assert replies.split_array is not replies._split_array, (
+        "cdc._fastevents is not built (make venv)")
+    verdicts: list[object] = []
+    for split in (replies.split_array, replies._split_array):
+        try:
+            verdicts.append(split(data, start, stop))
+        except Exception as exc:
+            verdicts.append(type(exc))
+    return verdicts[0], verdicts[1]
+
+
+def test_c_and_python_array_splitters_agree_on_every_corrupted_byte_and_cut() -> None:
+    docs = [bson.encode({"_id": n, "pad": "x" * n}) for n in range(4)]
+    array = bson.encode({"a": [RawBSONDocument(d) for d in docs]})
+    start, stop = 4 + 3 + 4, len(array) - 2  # after "a"'s type, name and size
+    assert split_both(array, start, stop) == (docs, docs)
+    fine = errors = 0
+    for pos in range(start, stop):
+        for value in (0x00, 0x01, 0x03, 0x05, 0x7F, 0xFF):
+            data = array[:pos] + bytes([value]) + array[pos + 1:]
+            fast, slow = split_both(data, start, stop)
+            assert fast == slow, (pos, value)
+            fine += isinstance(fast, list)
+            errors += fast is ValueError
+    ends = [start]  # where each element ends: the only cuts that leave whole ones
+    for doc in docs:
+        ends.append(ends[-1] + 1 + len(str(len(ends) - 1)) + 1 + len(doc))
+    for cut in range(start, stop):
+        whole = docs[:ends.index(cut)] if cut in ends else ValueError
+        assert split_both(array, start, cut) == (whole, whole), cut
+    assert split_both(array, start, len(array) + 1) == (ValueError, ValueError)
+    assert fine and errors  # both verdicts occur among the corruptions
