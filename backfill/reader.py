@@ -27,12 +27,12 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import PyMongoError
 
 from backfill.bsonorder import Bracket, bracket, range_filter
+from cdc.cursor import majority, majority_time
 from cdc.replies import read_cursor_reply
 from cdc.types import ClusterTime, Namespace
 
 _INT32 = struct.Struct("<i")
 _RAW: CodecOptions[RawBSONDocument] = CodecOptions(document_class=RawBSONDocument)
-_LABEL_PROBE = "\x00mongo2pg-read-label"
 _ID_NAME = b"_id\x00"
 def split_documents(batch: bytes) -> list[bytes]:
     """The documents of a raw batch (concatenated BSON documents)."""
@@ -83,31 +83,14 @@ async def chunk_filter(client: AsyncMongoClient[Any], namespace: Namespace,
     return range_filter(lower, upper, lowest=span[0], highest=span[1])
 
 
-def majority(after: ClusterTime | None) -> dict[str, Any]:
-    """Read concern ``majority``, at or after ``after`` when given: a server (even a new
-    primary whose majority point lags after an election) answers from a snapshot that
-    holds every write up to ``after``."""
-    if after is None:
-        return {"level": "majority"}
-    return {"level": "majority", "afterClusterTime": after.to_bson()}
-
-
 async def read_label(client: AsyncMongoClient[Any], namespace: Namespace,
                      session: AsyncClientSession, floor: ClusterTime,
                      after: ClusterTime | None = None) -> ClusterTime:
     """A majority-committed cluster time no later than what the next read will see, and
     not before ``after`` (what the sink had applied when the read's lease was opened:
     see :meth:`cdc.sink.Sink.applied_time`)."""
-    # A point lookup of an _id no collection uses: the cheapest majority read there is.
-    reply = await client[namespace.db].command(
-        {"find": namespace.coll, "filter": {"_id": _LABEL_PROBE},
-         "projection": {"_id": 1}, "limit": 1, "singleBatch": True,
-         "readConcern": majority(after)},
-        session=session)
-    ts = reply.get("operationTime") or session.operation_time
-    if ts is None:
-        return max(floor, after) if after is not None else floor
-    label = max(ClusterTime.from_bson(ts), floor)
+    when = await majority_time(client, namespace, session=session, after=after)
+    label = floor if when is None else max(when, floor)
     return max(label, after) if after is not None else label
 
 

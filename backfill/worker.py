@@ -33,7 +33,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -105,11 +105,27 @@ async def expand_namespaces(client: AsyncMongoClient[Any], include: Sequence[str
     return sorted(set(found))
 
 
+Locate = Callable[[Namespace], Awaitable[Namespace]]
+"""Where the documents of a namespace's table are read now (see :class:`Backfill`)."""
+
+
+async def _in_place(ns: Namespace) -> Namespace:
+    return ns
+
+
 class Backfill:
+    """Copies the collections of the namespaces it is given into their tables.
+
+    ``locate`` says where each namespace's documents are read *now*: after a rename the
+    change stream follows (DDL policy ``follow``), the table of ``db.a`` is fed from the
+    collection's new name, and so is the rest of its backfill — asked again before each
+    chunk, since a rename during a read ends that read (the chunk is then retried)."""
+
     def __init__(self, *, client: AsyncMongoClient[Any], sink: SinkLike, store: ChunkStore,
                  config: BackfillConfig, stream_start: ClusterTime,
-                 throttle: Throttle | None = None):
+                 throttle: Throttle | None = None, locate: Locate = _in_place):
         self.client = client
+        self.locate = locate
         self.sink = sink
         self.store = store
         self.config = config
@@ -146,7 +162,7 @@ class Backfill:
     async def plan(self, namespaces: Sequence[Namespace]) -> None:
         for ns in namespaces:
             async def planner(ns: Namespace = ns) -> Any:
-                return await plan_collection(self.client, ns, self.config)
+                return await plan_collection(self.client, await self.locate(ns), self.config)
 
             if await self.store.plan_once(ns, planner):
                 log.info("planned backfill", extra={"fields": {"namespace": str(ns)}})
@@ -154,8 +170,7 @@ class Backfill:
     async def rebackfill(self, namespaces: Sequence[Namespace]) -> None:
         """Copy ``namespaces`` again from scratch (their chunks are re-planned)."""
         await self.store.reset(namespaces)
-        for ns in namespaces:
-            self._spans.pop(ns, None)
+        self._spans.clear()  # keyed by where they were read: read again
         await self.plan(namespaces)
 
     # -- running ---------------------------------------------------------------------
@@ -216,10 +231,12 @@ class Backfill:
     async def copy_chunk(self, chunk: ChunkRecord) -> bool:
         """Copy one claimed chunk; True when it was completed (marked done)."""
         ns = chunk.namespace
-        filter_ = await chunk_filter(self.client, ns, chunk.lower, chunk.upper, self._spans)
+        source = await self.locate(ns)
+        filter_ = await chunk_filter(self.client, source, chunk.lower, chunk.upper,
+                                     self._spans)
         async with self._read_lease(ns) as reader, \
                 self.client.start_session(causal_consistency=False) as session:
-            label = await read_label(self.client, ns, session, self.stream_start,
+            label = await read_label(self.client, source, session, self.stream_start,
                                      await self._applied(ns))
             await self.store.renew(chunk.id, docs=0, nbytes=0, read_started=label.packed)
             try:
@@ -229,8 +246,8 @@ class Backfill:
                 failed: list[Exception] = []
                 try:
                     async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._read_chunk, ns, filter_, session, label, send,
-                                      failed)
+                        tg.start_soon(self._read_chunk, source, filter_, session, label,
+                                      send, failed)
                         with receive:
                             done = await self._write_chunk(chunk, label, reader, receive,
                                                            failed)
@@ -370,14 +387,15 @@ class Backfill:
         """Copy the given ``_id`` values again now; ids that no longer exist are written
         as deletes at the read label (a later insert still wins). Returns upserts."""
         found = 0
+        source = await self.locate(namespace)
         async with self._read_lease(namespace) as reader, \
                 self.client.start_session(causal_consistency=False) as session:
-            label = await read_label(self.client, namespace, session, self.stream_start,
+            label = await read_label(self.client, source, session, self.stream_start,
                                      await self._applied(namespace))
             seen: set[bytes] = set()
             for start in range(0, len(ids), self.config.batch_size):
                 part = list(ids[start:start + self.config.batch_size])
-                async for batch in read_batches(self.client, namespace, {"_id": {"$in": part}},
+                async for batch in read_batches(self.client, source, {"_id": {"$in": part}},
                                                 batch_size=self.config.batch_size,
                                                 session=session, after=label):
                     seen.update(id_bson_from_raw(d) for d in batch)

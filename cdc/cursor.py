@@ -81,6 +81,38 @@ def operation_time(reply: Any) -> ClusterTime | None:
     return ClusterTime(ts.time, ts.inc) if isinstance(ts, Timestamp) else None
 
 
+MAJORITY_PROBE_ID = "\x00mongo2pg-read-label"
+"""An ``_id`` no collection uses: the point lookup of a majority read costs nothing."""
+
+
+def majority(after: ClusterTime | None) -> dict[str, Any]:
+    """Read concern ``majority``, at or after ``after`` when given: a server (even a new
+    primary whose majority point lags after an election) answers from a snapshot that
+    holds every write up to ``after``."""
+    if after is None:
+        return {"level": "majority"}
+    return {"level": "majority", "afterClusterTime": after.to_bson()}
+
+
+async def majority_time(client: AsyncMongoClient[Any], namespace: Namespace, *,
+                        session: AsyncClientSession | None = None,
+                        after: ClusterTime | None = None) -> ClusterTime | None:
+    """The time of the server's majority-committed snapshot (at or after ``after``): the
+    ``operationTime`` of a majority read, a point lookup of an ``_id`` no collection
+    uses in ``namespace`` (which need not exist). A majority read reports its committed
+    snapshot's time, where ``ping`` reports the last applied write, which an election
+    may still roll back. ``None`` if the reply carries no ``operationTime``."""
+    reply = await client[namespace.db].command(
+        {"find": namespace.coll, "filter": {"_id": MAJORITY_PROBE_ID},
+         "projection": {"_id": 1}, "limit": 1, "singleBatch": True,
+         "readConcern": majority(after)},
+        session=session)
+    ts = reply.get("operationTime")
+    if not isinstance(ts, Timestamp) and session is not None:
+        ts = session.operation_time
+    return ClusterTime(ts.time, ts.inc) if isinstance(ts, Timestamp) else None
+
+
 def namespace_filter(patterns: Sequence[str], extra: Sequence[Namespace] = ()) -> dict[str, Any]:
     """``$match`` keeping events of the watched namespaces (``db.coll`` / ``db.*``)."""
     ors: list[dict[str, Any]] = [{"operationType": "invalidate"}]

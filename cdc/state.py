@@ -13,18 +13,54 @@ belong to the sink's migrations (the control schema contract in BRIEF.md).
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 from psycopg import sql
 
 from cdc.errors import TargetUnavailable, is_retriable
-from cdc.types import ClusterTime, Phase
+from cdc.types import ClusterTime, Namespace, Phase
 
 
 def stream_start_key(stream: str) -> str:
     """``stream_start`` for the main stream, ``stream_start:<name>`` for others."""
     return "stream_start" if stream == "main" else f"stream_start:{stream}"
+
+
+def ddl_key(stream: str, what: str) -> str:
+    """The key of a DDL decision of ``stream`` about ``what`` (a namespace or ``db.*``)."""
+    return f"ddl:{stream}:{what}"
+
+
+@dataclass
+class DdlDecisions:
+    """What the tailer decided under the ``mark``/``follow`` policies, as persisted.
+
+    ``aliases`` maps a collection's name after a followed rename to the namespace whose
+    table receives its documents (the name it had when the migration first saw it;
+    ``renamed_at`` orders the renames). ``marked`` namespaces and ``marked_dbs``
+    receive nothing more."""
+
+    aliases: dict[Namespace, Namespace] = field(default_factory=dict)
+    renamed_at: dict[Namespace, int] = field(default_factory=dict)
+    marked: set[Namespace] = field(default_factory=set)
+    marked_dbs: set[str] = field(default_factory=set)
+
+    def target(self, ns: Namespace) -> Namespace | None:
+        """The namespace whose table receives the documents of collection ``ns`` now
+        (``None``: its table is marked and receives nothing)."""
+        target = self.aliases.get(ns, ns)
+        if target in self.marked or target.db in self.marked_dbs:
+            return None
+        return target
+
+    def source(self, target: Namespace) -> Namespace:
+        """Where the documents of ``target``'s table live now: the name of its latest
+        followed rename, or ``target`` itself."""
+        names = [ns for ns, to in self.aliases.items() if to == target]
+        return max(names, key=lambda ns: self.renamed_at.get(ns, 0)) if names else target
 
 
 class StreamState:
@@ -72,6 +108,29 @@ class StreamState:
     async def with_prefix(self, prefix: str) -> dict[str, Any]:
         rows = await self._fetch(self._prefix, prefix)
         return {str(r[0]): json.loads(r[1]) for r in rows}
+
+    async def ddl_decisions(self, stream: str) -> DdlDecisions:
+        """The DDL decisions of ``stream`` persisted so far."""
+        found = DdlDecisions()
+        for value in (await self.with_prefix(ddl_key(stream, ""))).values():
+            if value.get("marked_db"):
+                found.marked_dbs.add(str(value["marked_db"]))
+            if value.get("marked"):
+                found.marked.add(Namespace.parse(str(value["marked"])))
+            if value.get("alias_from") and value.get("alias_to"):
+                name = Namespace.parse(str(value["alias_from"]))
+                found.aliases[name] = Namespace.parse(str(value["alias_to"]))
+                found.renamed_at[name] = int(value.get("cluster_time") or 0)
+        return found
+
+    def locator(self, stream: str) -> Callable[[Namespace], Awaitable[Namespace]]:
+        """Where the documents of a namespace's table live now, by ``stream``'s decisions
+        as persisted at each call (:meth:`DdlDecisions.source`): a backfill's ``locate``."""
+
+        async def locate(ns: Namespace) -> Namespace:
+            return (await self.ddl_decisions(stream)).source(ns)
+
+        return locate
 
     async def stream_start(self, stream: str) -> ClusterTime | None:
         value = await self.get(stream_start_key(stream))

@@ -68,6 +68,7 @@ from cdc.cursor import (
     ChangeStreamCursor,
     Reply,
     StartAt,
+    majority_time,
     operation_time,
 )
 from cdc.errors import HistoryLostError, SourceUnavailable, StreamFenced
@@ -90,7 +91,7 @@ from cdc.events import (
 from cdc.readahead import TOO_LARGE_CODES, ReadAhead, first_error
 from cdc.refetch import current_document, fill_post_images
 from cdc.retry import call_with_retry
-from cdc.state import StreamState
+from cdc.state import StreamState, ddl_key
 from cdc.stream_config import (
     DEFAULT_CONFIG,
     DdlPolicy,
@@ -373,7 +374,7 @@ class Tailer:
         elif stored_start is not None and not self._start_fresh:
             self._start = self._last_applied = stored_start
         else:
-            self._start = self._last_applied = await self._server_time()
+            self._start = self._last_applied = await self._majority_time()
             await self._state.set_stream_start(self.stream_name, self._start)
             # A token-less checkpoint makes the start durable before anything is read.
             await self._sink.apply(Batch([], Checkpoint(self.stream_name, None,
@@ -384,6 +385,17 @@ class Tailer:
         metrics.LAST_APPLIED.labels(self.stream_name).set(self._last_applied.t)
         self._prepared = True
         return self._start
+
+    async def _majority_time(self) -> ClusterTime:
+        """Where a new stream starts: the majority-committed point, not the last applied
+        write (``ping``), which an election may roll back. A new primary may then write
+        at times before that write's, and a stream started after it would skip those."""
+        db, _, coll = self._include[0].partition(".") if self._include else ("admin", "", "")
+        probe = Namespace(db, coll if coll and coll != "*" else "mongo2pg_probe")
+        when = await majority_time(self._client, probe)
+        if when is None:
+            raise SourceUnavailable("majority read reply carries no operationTime")
+        return when
 
     async def _server_time(self) -> ClusterTime:
         reply = await self._client.admin.command("ping")
@@ -552,17 +564,13 @@ class Tailer:
         return target is not None and self._policy(target) == "follow"
 
     def _ddl_key(self, what: str) -> str:
-        return f"ddl:{self.stream_name}:{what}"
+        return ddl_key(self.stream_name, what)
 
     async def _load_ddl(self) -> None:
-        for value in (await self._state.with_prefix(self._ddl_key(""))).values():
-            if value.get("marked_db"):
-                self._marked_dbs.add(str(value["marked_db"]))
-            if value.get("marked"):
-                self._marked.add(Namespace.parse(str(value["marked"])))
-            if value.get("alias_from") and value.get("alias_to"):
-                self._aliases[Namespace.parse(str(value["alias_from"]))] = Namespace.parse(
-                    str(value["alias_to"]))
+        decisions = await self._state.ddl_decisions(self.stream_name)
+        self._marked_dbs.update(decisions.marked_dbs)
+        self._marked.update(decisions.marked)
+        self._aliases.update(decisions.aliases)
 
     async def _ddl(self, event: Drop | Rename | DropDatabase, now: float) -> bool:
         """Apply a DDL event under its policy; True when the stream must be reopened."""

@@ -52,6 +52,7 @@ from cdc.errors import ConfigError, HistoryLostError, Mongo2pgError
 from cdc.mapping import resolve
 from cdc.mapping.model import Mapper
 from cdc.sink import Sink
+from cdc.state import StreamState
 from cdc.stream import Tailer
 from cdc.types import ZERO_TIME, ClusterTime, Namespace, Phase
 from ops.config import Config
@@ -60,6 +61,8 @@ from ops.metrics import serve_metrics
 from ops.phases import MANAGED, PhaseMachine, next_phase
 
 log = logging.getLogger("mongo2pg.daemon")
+STREAM = "main"
+"""The name of the daemon's change stream (its checkpoint and DDL decisions)."""
 SWEEP_KEY = "resync.sweep_before"
 
 
@@ -115,6 +118,7 @@ class Daemon:
         self.client: AsyncMongoClient[Any] = AsyncMongoClient(cfg.source.uri, appname="mongo2pg")
         self.sink = await Sink.open(cfg.target.dsn, self.schema, self.mapper_for,
                                         max_size=max(2, cfg.backfill.workers + 2))
+        self.stream_state = StreamState(self.sink.pool, self.schema)
         self.store = await ChunkStore.connect(cfg.target.dsn, self.schema, default_owner(),
                                               cfg.backfill.lease_seconds)
         self.phases = PhaseMachine(cfg.target.dsn, self.schema)
@@ -204,7 +208,7 @@ class Daemon:
         reported = False
         while True:
             tailer = Tailer(client=self.client, sink=self.sink, include=list(cfg.include),
-                            config=cfg.stream, start_fresh=fresh)
+                            config=cfg.stream, start_fresh=fresh, stream_name=STREAM)
             self.tailer = tailer
             try:
                 async with anyio.create_task_group() as tg:
@@ -225,7 +229,15 @@ class Daemon:
 
     # ---------------------------------------------------------------- lifecycle
     async def _namespaces(self) -> list[Namespace]:
-        return await expand_namespaces(self.client, self.config.include)
+        """The namespaces whose tables the backfill fills: each included collection
+        through the stream's DDL decisions — a collection renamed under ``follow`` feeds
+        the table of its first name (and is read from its new name), a marked
+        one feeds nothing."""
+        decisions = await self.stream_state.ddl_decisions(STREAM)
+        found = await expand_namespaces(self.client, self.config.include)
+        targets = {decisions.target(ns) for ns in [*found, *decisions.aliases.values()]}
+        return sorted(t for t in targets if t is not None)
+
 
     async def _lifecycle(self) -> None:
         while not self.stopping:
@@ -259,7 +271,8 @@ class Daemon:
         if before is None:
             return
         bf = Backfill(client=self.client, sink=self.sink, store=self.store,
-                      config=self.config.backfill, stream_start=self.stream_start)
+                      config=self.config.backfill, stream_start=self.stream_start,
+                      locate=self.stream_state.locator(STREAM))
         swept = 0
         for ns in await self._namespaces():
             root = self.mapper_for(ns).tables()[0]
@@ -279,7 +292,8 @@ class Daemon:
             await self.phases.move(Phase.BACKFILLING, "collections left to copy")
         self.backfill = Backfill(client=self.client, sink=self.sink, store=self.store,
                                  config=self.config.backfill,
-                                 stream_start=self.stream_start)
+                                 stream_start=self.stream_start,
+                                 locate=self.stream_state.locator(STREAM))
         self._backfill_idle = anyio.Event()
         started = time.monotonic()
         try:

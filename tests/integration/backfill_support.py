@@ -19,7 +19,9 @@ from cdc.cursor import operation_time
 from cdc.mapping import MappingConfig, resolve
 from cdc.mapping.model import Mapper
 from cdc.sink import Sink
+from cdc.state import StreamState
 from cdc.stream import StreamConfig, Tailer
+from cdc.stream_config import DdlPolicy
 from cdc.types import ClusterTime, Namespace
 from ops.compare import Comparison, compare_all
 
@@ -69,8 +71,10 @@ class Pipeline:
         self.dsn = dsn
 
     def backfill(self, config: BackfillConfig, sink: Any = None) -> Backfill:
+        """A backfill reading each namespace where the tailer's DDL decisions say."""
         return Backfill(client=self.client, sink=sink or self.sink, store=self.store,
-                        config=config, stream_start=self.start)
+                        config=config, stream_start=self.start,
+                        locate=StreamState(self.sink.pool, CONTROL).locator("main"))
 
     async def server_time(self) -> ClusterTime:
         when = operation_time(await self.client.admin.command("ping"))
@@ -86,14 +90,15 @@ class Pipeline:
 
 
 @asynccontextmanager
-async def pipeline(mongo_uri: str, dsn: str, include: list[str],
-                   owner: str = "test") -> AsyncIterator[Pipeline]:
+async def pipeline(mongo_uri: str, dsn: str, include: list[str], owner: str = "test",
+                   ddl_default: DdlPolicy = "mark") -> AsyncIterator[Pipeline]:
     """Sink + tailer (started, so the stream start is persisted) + chunk store."""
     client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
     sink = await Sink.open(dsn, CONTROL, mapper_for, max_size=4)
     store = await ChunkStore.connect(dsn, CONTROL, owner, lease_seconds=30)
     tailer = Tailer(client=client, sink=sink, include=include,
-                    config=StreamConfig(batch_max_ms=50, max_await_ms=100))
+                    config=StreamConfig(batch_max_ms=50, max_await_ms=100,
+                                        ddl_default=ddl_default))
     try:
         async with anyio.create_task_group() as tg:
             start = await tg.start(tailer.run)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def write_config(path: Path, *, mongo_uri: str, dsn: str, include: list[str],
                  workers: int = 3, chunk_documents: int = 500, batch_size: int = 100,
                  lease_seconds: float = 2.0, throttle: float = 0.0,
-                 port: int | None = None) -> int:
+                 port: int | None = None, ddl_default: str = "mark") -> int:
     """A TOML config for a test daemon; returns its metrics port."""
     port = port if port is not None else free_port()
     includes = ", ".join(f'"{i}"' for i in include)
@@ -38,6 +38,7 @@ port = {port}
 [stream]
 batch_max_ms = 50
 max_await_ms = 100
+ddl_default = "{ddl_default}"
 [backfill]
 workers = {workers}
 chunk_documents = {chunk_documents}

@@ -14,18 +14,20 @@ from bson.int64 import Int64
 from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
 from psycopg import sql
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
 from pymongo.errors import AutoReconnect
 
 from backfill.config import BackfillConfig
 from backfill.worker import Backfill, expand_namespaces
 from cdc.batch import Batch, Origin
 from cdc.types import ClusterTime, Namespace
+from ops.compare import compare_all
 from tests.integration.backfill_support import (
     CONTROL,
     HookedSink,
     chunk_rows,
     compare,
+    mapper_for,
     pipeline,
 )
 from tests.integration.sink_support import expire_lease
@@ -315,5 +317,33 @@ async def test_reads_under_a_lease_ask_for_a_snapshot_at_or_after_what_was_appli
             assert ClusterTime.from_bson(find["readConcern"]["afterClusterTime"]).packed \
                 >= applied
         assert compare(mongo_uri, pg_dsn, [ns]).mismatches == 0
+    finally:
+        await client.close()
+
+
+async def test_a_collection_renamed_under_follow_is_copied_from_its_new_name_to_its_table(
+    mongo_uri: str, pg_dsn: str
+) -> None:
+    """Planned as ``a``, renamed to ``b`` before its chunks are read: the tailer follows
+    the rename, and so does the backfill — it reads ``b`` into the table of ``a``."""
+    db = fresh_db()
+    old, new = Namespace(db, "a"), Namespace(db, "b")
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+    try:
+        await client[db]["a"].insert_many([{"_id": i, "v": i} for i in range(300)])
+        async with pipeline(mongo_uri, pg_dsn, [f"{db}.*"], ddl_default="follow") as p:
+            bf = p.backfill(SMALL)
+            await bf.plan([old])
+            await client[db]["a"].rename("b")
+            await client[db]["b"].update_many({"_id": {"$lt": 10}}, {"$set": {"v": -1}})
+            await p.caught_up()  # the tailer has recorded the rename it follows
+            assert await bf.locate(old) == new
+            assert await bf.run([old]) is True
+            assert bf.copied_documents == 300
+            await p.caught_up()
+        with MongoClient[dict[str, Any]](mongo_uri) as mongo:
+            # The documents of b, compared with the table of a.
+            result = compare_all(mongo, pg_dsn, [new], lambda _: mapper_for(old))
+        assert result.documents == 300 and result.mismatches == 0
     finally:
         await client.close()

@@ -12,10 +12,12 @@ from typing import Any
 from pymongo import MongoClient
 
 from cdc.types import Namespace
-from tests.integration.backfill_support import compare
+from ops.compare import compare_all
+from tests.integration.backfill_support import compare, mapper_for
 from tests.integration.daemon_support import (
     copied_docs,
     phase,
+    scalar,
     start_daemon,
     stop,
     wait_for,
@@ -89,3 +91,41 @@ def test_sighup_lifts_the_backfill_throttle_at_run_time(
         assert stop(proc) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
     assert "backfill settings reloaded" in (tmp_path / "daemon.log").read_text()
     assert compare(mongo_uri, pg_dsn, [Namespace(db, "c")]).mismatches == 0
+
+
+def test_a_restart_after_a_followed_rename_keeps_feeding_the_first_table(
+    mongo_uri: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    """``db.*`` with ``follow``: after ``a`` is renamed to ``b`` and the daemon restarts,
+    ``b`` is the table ``a``'s source — not a new collection with a table of its own."""
+    db = f"dm_{uuid.uuid4().hex[:8]}"
+    old, new = Namespace(db, "a"), Namespace(db, "b")
+    with MongoClient[dict[str, Any]](mongo_uri) as mongo:
+        mongo[db]["a"].insert_many([{"_id": i, "v": i} for i in range(300)])
+        cfg = tmp_path / "m.toml"
+        write_config(cfg, mongo_uri=mongo_uri, dsn=pg_dsn, include=[f"{db}.*"],
+                     ddl_default="follow")
+        log = tmp_path / "daemon.log"
+        proc = start_daemon(cfg, log)
+        try:
+            wait_for(lambda: phase(pg_dsn) == "in_sync", 40, "in_sync")
+            mongo[db]["a"].rename("b")
+            mongo[db]["b"].insert_many([{"_id": 300 + i, "v": 0} for i in range(20)])
+            wait_for(lambda: rows(pg_dsn, db, "a") == 320, 20, "the rename followed")
+        finally:
+            assert stop(proc, signal.SIGTERM) == 0, log.read_text()[-3000:]
+        mongo[db]["b"].update_many({"_id": {"$lt": 50}}, {"$set": {"v": -1}})
+        proc = start_daemon(cfg, log)
+        try:
+            wait_for(lambda: phase(pg_dsn) == "in_sync", 40, "in_sync after the restart")
+            mongo[db]["b"].delete_many({"_id": {"$gte": 310}})
+            wait_for(lambda: rows(pg_dsn, db, "a") == 310, 20, "the delete applied")
+        finally:
+            assert stop(proc, signal.SIGTERM) == 0, log.read_text()[-3000:]
+        assert scalar(pg_dsn, f"SELECT to_regclass('\"{db}\".\"b\"')::text") is None
+        result = compare_all(mongo, pg_dsn, [new], lambda _: mapper_for(old))
+    assert result.documents == 310 and result.mismatches == 0
+
+
+def rows(dsn: str, schema: str, table: str) -> int:
+    return int(scalar(dsn, f'SELECT count(*) FROM "{schema}"."{table}"') or 0)  # noqa: S608

@@ -18,6 +18,7 @@ from cdc.stream import StreamConfig, Tailer
 from cdc.types import ClusterTime
 from tests.support.tailing import (
     CONTROL,
+    CommandLog,
     FindRecorder,
     RecordingSink,
     checkpoint_time,
@@ -107,6 +108,36 @@ def test_stream_start_is_recorded_before_the_tailer_reports_started(
         await client.close()
 
     anyio.run(main)
+
+
+def test_a_new_stream_starts_at_the_majority_committed_point(
+        mongo_uri: str, pg_dsn: str) -> None:
+    """A new stream starts at the operationTime of a majority read (its committed
+    snapshot's time), not at ping's (the last applied write, which an election may roll
+    back: the new primary may then write at earlier times, which the stream would skip)."""
+    db = unique_db()
+    log = CommandLog("find", "ping", "aggregate")
+
+    async def main() -> ClusterTime:
+        client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, event_listeners=[log])
+        async with open_sink(pg_dsn) as sink:
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.c"], config=FAST)
+            await tailer.run_once()
+            await tailer.close()
+        await client.close()
+        return tailer.start_time
+
+    start = anyio.run(main)
+    opened = next(n for n, (_, name, _) in enumerate(log.events) if name == "aggregate")
+    before = log.events[:opened]
+    assert not [e for e in before if e[1] == "ping"]
+    finds = [(kind, cmd) for kind, name, cmd in before if name == "find"]
+    assert [kind for kind, _ in finds] == ["started", "succeeded"]
+    assert finds[0][1]["readConcern"] == {"level": "majority"}
+    answered = finds[1][1]["operationTime"]
+    assert start == ClusterTime(answered.time, answered.inc)
+    assert log.events[opened][2]["pipeline"][0]["$changeStream"]["startAtOperationTime"] \
+        == answered
 
 
 def test_writes_made_while_the_tailer_was_down_are_applied_after_restart(

@@ -8,14 +8,14 @@ from typing import Any
 
 import anyio
 import pytest
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 from cdc import readahead
 from cdc.cursor import Reply
 from cdc.events import ChangeEvent
 from cdc.stream import StreamConfig, Tailer
 from tests.integration.test_stream import catch_up
-from tests.support.tailing import differences, mongo, open_sink, pg_connect
+from tests.support.tailing import CommandLog, differences, mongo, open_sink, pg_connect
 
 
 def test_rename_inside_full_replies_drops_the_cursor_only_after_the_read_ahead(
@@ -115,43 +115,34 @@ def test_replies_read_ahead_during_a_flush_are_applied_only_after_it_and_reread_
     anyio.run(main)
 
 
-class GetMoreLog(monitoring.CommandListener):
-    """Appends to a shared log whenever a ``getMore`` is sent (``g``) and answered
-    (``r``)."""
-
-    def __init__(self, log: list[str]) -> None:
-        self.log = log
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "getMore":
-            self.log.append("g")
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        if event.command_name == "getMore":
-            self.log.append("r")
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
+def letters(getmores: CommandLog) -> list[str]:
+    """The getMores logged since the last call: ``g`` sent, ``r`` answered."""
+    new = getmores.events
+    getmores.events = []
+    return ["g" if kind == "started" else "r" for kind, _, _ in new]
 
 
 def test_the_next_getmore_is_out_while_a_reply_read_ahead_is_decoded(
         mongo_uri: str, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     db = f"t{uuid.uuid4().hex[:10]}"
+    getmores = CommandLog("getMore")
     log: list[str] = []
     plain = readahead.predecode
 
     async def logged(reply: Reply) -> list[ChangeEvent | None]:
+        log.extend(letters(getmores))
         log.append("(")
         try:
             return await plain(reply)
         finally:
+            log.extend(letters(getmores))
             log.append(")")
 
     monkeypatch.setattr(readahead, "predecode", logged)
 
     async def main() -> None:
         client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, serverSelectionTimeoutMS=10_000,
-                                  event_listeners=[GetMoreLog(log)])
+                                  event_listeners=[getmores])
         coll = client[db]["c"]
         async with open_sink(pg_dsn) as sink:
             # Replies of 1,000 events, up to 3 of them read ahead.
@@ -165,6 +156,7 @@ def test_the_next_getmore_is_out_while_a_reply_read_ahead_is_decoded(
         await client.close()
 
     anyio.run(main)
+    log.extend(letters(getmores))
     # A reply read ahead (r) that more follow is decoded (between parentheses) once the
     # next getMore is out (g): "rg(", where reading then decoding gives "r()g".
     order = "".join(log)

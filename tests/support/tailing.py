@@ -116,18 +116,33 @@ async def checkpoint_time(pg_dsn: str, stream: str = "main") -> int | None:
         await conn.close()
 
 
-class FindRecorder(monitoring.CommandListener):
-    """Records the ``find`` commands a client sends (driver command monitoring)."""
+class CommandLog(monitoring.CommandListener):
+    """Records, in order, the commands of the given names a client sends
+    (``("started", name, command)``) and their replies (``("succeeded", name, reply)``):
+    driver command monitoring."""
 
-    def __init__(self) -> None:
-        self.finds: list[dict[str, Any]] = []
+    def __init__(self, *names: str) -> None:
+        self.names = frozenset(names)
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find":
-            self.finds.append(dict(event.command))
+        if event.command_name in self.names:
+            self.events.append(("started", event.command_name, dict(event.command)))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
+        if event.command_name in self.names:
+            self.events.append(("succeeded", event.command_name, dict(event.reply)))
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         pass
+
+
+class FindRecorder(CommandLog):
+    """Records the ``find`` commands a client sends."""
+
+    def __init__(self) -> None:
+        super().__init__("find")
+
+    @property
+    def finds(self) -> list[dict[str, Any]]:
+        return [command for kind, _, command in self.events if kind == "started"]

@@ -1,0 +1,31 @@
+"""The tailer's persisted DDL decisions, as the backfill reads them."""
+
+from __future__ import annotations
+
+from cdc.state import DdlDecisions
+from cdc.types import Namespace
+
+A, B, C = Namespace("d", "a"), Namespace("d", "b"), Namespace("d", "c")
+
+
+def test_renames_followed_twice_feed_the_first_table_from_the_latest_name() -> None:
+    # a -> b at time 5, then b -> c at time 9: both aliases point at a's table.
+    decisions = DdlDecisions(aliases={B: A, C: A}, renamed_at={B: 5, C: 9})
+    assert decisions.target(C) == A
+    assert decisions.target(B) == A
+    assert decisions.source(A) == C
+    assert decisions.source(Namespace("d", "other")) == Namespace("d", "other")
+
+
+def test_renamed_back_to_its_first_name_is_read_there_again() -> None:
+    decisions = DdlDecisions(aliases={B: A, A: A}, renamed_at={B: 5, A: 7})
+    assert decisions.source(A) == A
+
+
+def test_marked_tables_and_databases_are_fed_nothing() -> None:
+    decisions = DdlDecisions(aliases={B: A}, renamed_at={B: 5}, marked={A},
+                             marked_dbs={"gone"})
+    assert decisions.target(B) is None
+    assert decisions.target(A) is None
+    assert decisions.target(Namespace("gone", "x")) is None
+    assert decisions.target(C) == C
