@@ -49,7 +49,7 @@ from backfill.progress import BYTES, DOCUMENTS, ProgressTracker, export, render_
 from backfill.reader import Span, chunk_filter, read_batches, read_label
 from backfill.throttle import Throttle
 from cdc.batch import Batch, Change, Op, Origin
-from cdc.errors import InvariantError, ReadLeaseLost, is_retriable
+from cdc.errors import InvariantError, ReadLeaseLost, is_retriable, read_interrupted
 from cdc.mapping.keys import id_bson_from_raw
 from cdc.types import ClusterTime, Namespace
 
@@ -208,7 +208,7 @@ class Backfill:
                 if await self.store.remaining(namespaces) == 0:
                     return
             except Exception as exc:
-                if not is_retriable(exc):
+                if not (is_retriable(exc) or read_interrupted(exc)):
                     raise
                 failures += 1
                 log.warning("backfill step failed; retrying", extra={"fields": {
@@ -273,6 +273,9 @@ class Backfill:
                 tg.start_soon(self._keep_lease, reader)
                 yield reader
                 tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # What failed inside, as itself: the worker's retry decision reads its type.
+            raise _first_leaf(group) from None
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 try:

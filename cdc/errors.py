@@ -101,6 +101,11 @@ RESUMABLE_MONGO_CODES = frozenset(
     {6, 7, 43, 63, 89, 91, 133, 150, 189, 234, 262, 9001, 10107, 11600, 11602, 13388,
      13435, 13436}
 )
+# QueryPlanKilled: the server killed a query's cursor under it — its collection was
+# renamed or dropped, or an index its plan used was dropped. Not resumable for a change
+# stream (its own DDL events say what happened); a backfill reads the chunk again, from
+# where its collection lives now (see :func:`read_interrupted`).
+READ_INTERRUPTED_CODES = frozenset({175})
 # Codes after which a change stream must not be resumed from the same token.
 HISTORY_LOST_CODES = frozenset({260, 280, 286})
 # PostgreSQL SQLSTATE classes/codes that are worth a retry: serialization failure and
@@ -114,6 +119,14 @@ HISTORY_LOST_CODES = frozenset({260, 280, 286})
 _RETRIABLE_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03", "55P03",
                                   "57014"})
 _RETRIABLE_SQLSTATE_CLASSES = ("08", "53")
+
+
+def read_interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` ended a collection read because the server killed its cursor
+    (:data:`READ_INTERRUPTED_CODES`): reading again is the answer."""
+    from pymongo.errors import OperationFailure
+
+    return isinstance(exc, OperationFailure) and (exc.code or 0) in READ_INTERRUPTED_CODES
 
 
 def is_retriable(exc: BaseException) -> bool:

@@ -347,3 +347,36 @@ async def test_a_collection_renamed_under_follow_is_copied_from_its_new_name_to_
         assert result.documents == 300 and result.mismatches == 0
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("fault", [{"errorCode": 175}, {"closeConnection": True}],
+                         ids=["cursor-killed", "connection-lost"])
+async def test_a_chunk_whose_read_failed_midway_is_read_again(
+    mongo_uri: str, pg_dsn: str, fault: dict[str, Any]
+) -> None:
+    """A rename or drop kills the cursors reading its collection (QueryPlanKilled, 175),
+    a connection may drop: the chunk is handed back and read again, not the end of the
+    backfill."""
+    db = fresh_db()
+    ns = Namespace(db, "c")
+    app = f"bf-killed-{uuid.uuid4().hex[:6]}"
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, appname=app)
+    try:
+        await client[db]["c"].insert_many([{"_id": i, "v": i} for i in range(100)])
+        async with pipeline(mongo_uri, pg_dsn, [f"{db}.c"]) as p:
+            config = BackfillConfig(workers=1, chunk_documents=1000, batch_size=10,
+                                    read_batch_documents=10)
+            bf = Backfill(client=client, sink=p.sink, store=p.store, config=config,
+                          stream_start=p.start)
+            await client.admin.command({
+                "configureFailPoint": "failCommand", "mode": {"times": 1},
+                "data": {"appName": app, "failCommands": ["getMore"], **fault}})
+            assert await bf.run([ns]) is True
+            await p.caught_up()
+        chunks = [(r[2], r[3]) for r in chunk_rows(pg_dsn) if r[0] == str(ns)]
+        assert {status for status, _ in chunks} == {"done"}
+        assert sorted(attempts for _, attempts in chunks)[-2:] == [1, 2]  # one read again
+        assert compare(mongo_uri, pg_dsn, [ns]).documents == 100
+        assert compare(mongo_uri, pg_dsn, [ns]).mismatches == 0
+    finally:
+        await client.close()
