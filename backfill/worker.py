@@ -186,7 +186,7 @@ class Backfill:
                 for _ in range(max(MAX_WORKERS, self.config.workers)):
                     workers.start_soon(self._worker, list(namespaces))
             tg.cancel_scope.cancel()
-        await self.refresh_progress(progress_line)
+        await self._report(progress_line)
         return not self.stopping
 
     async def _worker(self, namespaces: list[Namespace]) -> None:
@@ -445,4 +445,16 @@ class Backfill:
     async def _report_loop(self, progress_line: Callable[[str], None] | None) -> None:
         while True:
             await anyio.sleep(self.config.progress_interval_seconds)
+            await self._report(progress_line)
+
+    async def _report(self, progress_line: Callable[[str], None] | None) -> None:
+        """Refresh progress; a transient failure skips one report. The report shares the
+        copy's task group: a lost control connection here must not end the copy, which
+        retries its own steps (the next call reconnects)."""
+        try:
             await self.refresh_progress(progress_line)
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            log.warning("backfill progress not refreshed", extra={"fields": {
+                "error": type(exc).__name__}})
