@@ -81,10 +81,12 @@ class ChunkStore:
         await self.conn.close()
 
     async def _exec(self, query: Any, params: Any = None) -> psycopg.AsyncCursor[Any]:
-        """Run one statement; a lost connection is reopened on the next call."""
-        if self.conn.closed and self.dsn:
-            self.conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        """Run one statement; a lost connection is reopened on the next call. A reopen
+        that fails (server down or refusing connections) is as transient as the loss:
+        psycopg's connection errors carry no SQLSTATE, so they are classified here."""
         try:
+            if self.conn.closed and self.dsn:
+                self.conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
             return await self.conn.execute(query, params)
         except psycopg.OperationalError as exc:
             raise TargetUnavailable("control schema unreachable (chunk table)") from exc
@@ -107,8 +109,11 @@ class ChunkStore:
         """
         if await self.is_planned(namespace):
             return False
-        conn = (await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
-                if self.dsn else self.conn)
+        try:
+            conn = (await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+                    if self.dsn else self.conn)
+        except psycopg.OperationalError as exc:
+            raise TargetUnavailable("control schema unreachable (planning)") from exc
         try:
             async with conn.transaction():
                 await conn.execute(

@@ -8,13 +8,23 @@ from typing import Any
 
 import anyio
 import psycopg
+import psycopg.conninfo
+import psycopg.sql
 import pytest
 from pymongo import AsyncMongoClient
 
+from backfill.chunks import ChunkStore
 from backfill.config import BackfillConfig
+from backfill.worker import Backfill
 from cdc.batch import Batch
 from cdc.types import Namespace
-from tests.integration.backfill_support import HookedSink, chunk_rows, compare, pipeline
+from tests.integration.backfill_support import (
+    CONTROL,
+    HookedSink,
+    chunk_rows,
+    compare,
+    pipeline,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -54,6 +64,71 @@ async def test_a_lost_chunk_table_connection_during_a_progress_report_does_not_e
             bf = p.backfill(config, HookedSink(p.sink, hook))
             assert await bf.run([ns]) is True
             assert killed
+            await p.caught_up()
+        assert {r[2] for r in chunk_rows(pg_dsn)} == {"done"}
+        assert compare(mongo_uri, pg_dsn, [ns]).mismatches == 0
+    finally:
+        await client.close()
+
+
+def limited_role(pg_dsn: str) -> tuple[str, str]:
+    """A login role that may use the control schema; returns (role, its DSN)."""
+    role = f"r{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as su:
+        ident = psycopg.sql.Identifier(role)
+        su.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+        su.execute(psycopg.sql.SQL(
+            "GRANT USAGE ON SCHEMA {s} TO {r}; "
+            "GRANT ALL ON ALL TABLES IN SCHEMA {s} TO {r}; "
+            "GRANT ALL ON ALL SEQUENCES IN SCHEMA {s} TO {r}").format(
+                s=psycopg.sql.Identifier(CONTROL), r=ident))
+    return role, psycopg.conninfo.make_conninfo(pg_dsn, user=role, password="")
+
+
+def connection_limit(pg_dsn: str, role: str, limit: int) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as su:
+        su.execute(psycopg.sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(
+            psycopg.sql.Identifier(role), psycopg.sql.Literal(limit)))
+
+
+async def test_a_chunk_table_connection_that_cannot_be_reopened_yet_is_retried_not_fatal(
+    mongo_uri: str, pg_dsn: str
+) -> None:
+    """The chunk table's connection is lost, and reopening it fails for a while (the
+    server refuses new connections: too many for the role): the workers back off and
+    retry, and the copy ends once connections are accepted again."""
+    db = f"bf_{uuid.uuid4().hex[:10]}"
+    ns = Namespace(db, "c")
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+    try:
+        await client[db]["c"].insert_many([{"_id": i, "v": i} for i in range(60)])
+        async with pipeline(mongo_uri, pg_dsn, [f"{db}.c"]) as p:
+            role, role_dsn = limited_role(pg_dsn)
+            store = await ChunkStore.connect(role_dsn, CONTROL, "limited", lease_seconds=30)
+            refused = anyio.Event()
+
+            async def hook(batch: Batch) -> None:
+                if batch.changes and not refused.is_set():
+                    connection_limit(pg_dsn, role, 0)
+                    terminate(pg_dsn, store.conn.info.backend_pid)
+                    refused.set()
+
+            config = BackfillConfig(workers=1, chunk_documents=20, batch_size=10,
+                                    read_batch_documents=10)
+            bf = Backfill(client=p.client, sink=HookedSink(p.sink, hook), store=store,
+                          config=config, stream_start=p.start)
+
+            async def allow_later() -> None:
+                await refused.wait()
+                await anyio.sleep(1.5)  # several reconnects are refused meanwhile
+                connection_limit(pg_dsn, role, -1)
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(allow_later)
+                    assert await bf.run([ns]) is True
+            finally:
+                await store.close()
             await p.caught_up()
         assert {r[2] for r in chunk_rows(pg_dsn)} == {"done"}
         assert compare(mongo_uri, pg_dsn, [ns]).mismatches == 0
