@@ -48,7 +48,7 @@ from pymongo import AsyncMongoClient
 
 from backfill.chunks import ChunkStore
 from backfill.worker import Backfill, default_owner, expand_namespaces
-from cdc.errors import ConfigError, HistoryLostError, Mongo2pgError
+from cdc.errors import ConfigError, HistoryLostError, Mongo2pgError, is_retriable
 from cdc.mapping import resolve
 from cdc.mapping.model import Mapper
 from cdc.sink import Sink
@@ -240,6 +240,27 @@ class Daemon:
 
 
     async def _lifecycle(self) -> None:
+        """Drive the phases; a transient failure (PostgreSQL or MongoDB unreachable, a
+        connection lost while the phase, the chunk table or the sweep is written) starts
+        the loop again after a backoff: every step resumes from what is persisted (the
+        phase row, the chunk table, the sweep mark)."""
+        failures = 0
+        while not self.stopping:
+            started = time.monotonic()
+            try:
+                await self._lifecycle_loop()
+                return
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                # Consecutive failures only: a loop that ran a while starts over small.
+                failures = 1 if time.monotonic() - started > 60 else failures + 1
+                log.warning("lifecycle step failed; retrying", extra={"fields": {
+                    "phase": self.phases.current.value, "error": type(exc).__name__,
+                    "attempt": failures}})
+                await anyio.sleep(min(30.0, 0.2 * 2 ** min(failures, 7)))
+
+    async def _lifecycle_loop(self) -> None:
         while not self.stopping:
             phase = self.phases.current
             if phase not in MANAGED:

@@ -32,7 +32,7 @@ import psycopg
 from prometheus_client import Gauge
 from psycopg import sql
 
-from cdc.errors import InvariantError
+from cdc.errors import InvariantError, TargetUnavailable
 from cdc.types import Phase
 
 PHASE = Gauge("mongo2pg_phase",
@@ -94,7 +94,12 @@ class PhaseMachine:
         self._lock = anyio.Lock()
 
     async def _conn(self) -> psycopg.AsyncConnection[Any]:
-        return await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+        try:
+            return await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+        except psycopg.OperationalError as exc:
+            # Connection errors carry no SQLSTATE: classified here, so the daemon's
+            # lifecycle retries a phase move while the server refuses connections.
+            raise TargetUnavailable("control schema unreachable (phase)") from exc
 
     async def load(self) -> Phase:
         async with await self._conn() as conn:

@@ -1,0 +1,91 @@
+"""The daemon's lifecycle under PostgreSQL faults: a connection lost while the phase is
+written, or a server refusing new connections then, is retried, not the end of the
+process."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import psycopg.conninfo
+import pytest
+from psycopg import sql
+from pymongo import MongoClient
+
+from cdc.sink.migrations import migrate_sync
+from cdc.types import Namespace
+from tests.integration.backfill_support import CONTROL, compare
+from tests.integration.daemon_support import phase, start_daemon, stop, wait_for, write_config
+
+
+def waiting_on_phase(su: psycopg.Connection[Any]) -> list[int]:
+    """Backends of this database waiting for a lock while writing the phase row."""
+    rows = su.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock' "
+        "AND query ILIKE %s", ("%.%phase%",)).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def daemon_role(pg_dsn: str) -> tuple[str, str]:
+    """A login role owning the test database (the daemon connects as it); its DSN."""
+    role = f"d{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as su:
+        su.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        su.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+            sql.Identifier(su.info.dbname), sql.Identifier(role)))
+    return role, psycopg.conninfo.make_conninfo(pg_dsn, user=role, password="")
+
+
+def connection_limit(pg_dsn: str, role: str, limit: int) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as su:
+        su.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(
+            sql.Identifier(role), sql.Literal(limit)))
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["terminated", "then-refused"])
+def test_a_connection_lost_while_the_phase_is_written_is_retried_not_fatal(
+    mongo_uri: str, pg_dsn: str, tmp_path: Path, refused: bool
+) -> None:
+    """The first phase write (init → backfilling) waits behind a lock and its backend is
+    terminated; with ``refused``, new connections are refused for a while after that
+    (too many for the daemon's role), so the retried write cannot connect at first."""
+    db = f"dp_{uuid.uuid4().hex[:8]}"
+    with MongoClient[dict[str, Any]](mongo_uri) as mongo:
+        mongo[db]["c"].insert_many([{"_id": i, "v": i} for i in range(200)])
+    role, dsn = daemon_role(pg_dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrate_sync(conn, CONTROL)
+        conn.execute(sql.SQL("INSERT INTO {}.phase (phase) VALUES ('init')").format(
+            sql.Identifier(CONTROL)))
+    cfg = tmp_path / "m.toml"
+    write_config(cfg, mongo_uri=mongo_uri, dsn=dsn, include=[f"{db}.c"])
+    log = tmp_path / "daemon.log"
+    # Phase writes wait behind this lock (reads do not).
+    with psycopg.connect(pg_dsn, autocommit=True) as su, psycopg.connect(pg_dsn) as locker:
+        locker.execute(sql.SQL("LOCK TABLE {}.phase IN EXCLUSIVE MODE").format(
+            sql.Identifier(CONTROL)))
+        proc = start_daemon(cfg, log)
+        try:
+            wait_for(lambda: bool(waiting_on_phase(su)) or proc.poll() is not None, 30,
+                     "a phase write waiting")
+            if refused:
+                connection_limit(pg_dsn, role, 0)
+            su.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid",
+                       (waiting_on_phase(su),))
+            locker.rollback()
+            if refused:
+                time.sleep(1.5)  # the retried write is refused meanwhile
+                assert proc.poll() is None, log.read_text()[-3000:]
+                connection_limit(pg_dsn, role, -1)
+            wait_for(lambda: phase(pg_dsn) == "in_sync" or proc.poll() is not None, 30,
+                     "in_sync")
+            assert proc.poll() is None, log.read_text()[-3000:]
+        finally:
+            rc = stop(proc)
+    assert rc == 0, log.read_text()[-3000:]
+    result = compare(mongo_uri, pg_dsn, [Namespace(db, "c")])
+    assert (result.documents, result.mismatches) == (200, 0)
