@@ -32,6 +32,7 @@ the committed checkpoint and the chunk table.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -51,6 +52,7 @@ from backfill.worker import Backfill, default_owner, expand_namespaces
 from cdc.errors import ConfigError, HistoryLostError, Mongo2pgError, is_retriable
 from cdc.mapping import resolve
 from cdc.mapping.model import Mapper
+from cdc.retry import call_with_retry
 from cdc.sink import Sink
 from cdc.state import StreamState
 from cdc.stream import Tailer
@@ -221,7 +223,12 @@ class Daemon:
                 log.error("change stream lost its history: copying everything again")
                 self._stream_ready = anyio.Event()
                 if self.phases.current in MANAGED:
-                    await self.phases.move(Phase.RESYNC_REQUIRED, "change stream history lost")
+                    # Persisted before the fresh stream starts (a restart must re-copy
+                    # too); a transient failure is retried, not the end of the daemon.
+                    await call_with_retry(cfg.stream.retry, functools.partial(
+                        self.phases.move, Phase.RESYNC_REQUIRED, "change stream history lost"),
+                        lambda exc, n: log.warning("phase not written; retrying", extra={
+                            "fields": {"error": type(exc).__name__, "attempt": n}}))
                 if self.backfill is not None:
                     self.backfill.request_stop()
                 self._resync.set()

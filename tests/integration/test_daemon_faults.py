@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from pymongo import MongoClient
 
 from cdc.sink.migrations import migrate_sync
 from cdc.types import Namespace
+from ops.sandbox import start_sandbox
 from tests.integration.backfill_support import CONTROL, compare
 from tests.integration.daemon_support import phase, start_daemon, stop, wait_for, write_config
 
@@ -89,3 +91,58 @@ def test_a_connection_lost_while_the_phase_is_written_is_retried_not_fatal(
     assert rc == 0, log.read_text()[-3000:]
     result = compare(mongo_uri, pg_dsn, [Namespace(db, "c")])
     assert (result.documents, result.mismatches) == (200, 0)
+
+
+@pytest.fixture
+def small_oplog_uri() -> Iterator[str]:
+    """A sandbox of its own whose oplog keeps only 300 entries (history is lost fast)."""
+    handle = start_sandbox(port=0, oplog_max_entries=300)
+    try:
+        yield handle.uri
+    finally:
+        handle.stop()
+
+
+@pytest.mark.sandbox_only
+def test_a_connection_lost_while_resync_required_is_written_is_retried_not_fatal(
+    small_oplog_uri: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    """History is lost while the daemon is down; on restart the stream task writes
+    ``resync_required`` behind a lock, and that write's backend is terminated. The write
+    is retried (before the fresh stream starts), and the re-copy runs."""
+    uri = small_oplog_uri
+    db = f"dr_{uuid.uuid4().hex[:8]}"
+    cfg = tmp_path / "m.toml"
+    write_config(cfg, mongo_uri=uri, dsn=pg_dsn, include=[f"{db}.c"])
+    # A lag threshold no lag reaches: the stream task writes the only phase change.
+    cfg.write_text(cfg.read_text().replace("in_sync_lag_seconds = 2",
+                                           "in_sync_lag_seconds = 10000"))
+    log = tmp_path / "daemon.log"
+    with MongoClient[dict[str, Any]](uri) as mongo:
+        mongo[db]["c"].insert_many([{"_id": i, "v": 0} for i in range(100)])
+        proc = start_daemon(cfg, log)
+        try:
+            wait_for(lambda: phase(pg_dsn) == "in_sync", 30, "in_sync")
+        finally:
+            assert stop(proc) == 0, log.read_text()[-3000:]
+        mongo[db]["c"].insert_many([{"_id": 1000 + i, "v": 1} for i in range(400)])
+    with psycopg.connect(pg_dsn, autocommit=True) as su, psycopg.connect(pg_dsn) as locker:
+        locker.execute(sql.SQL("LOCK TABLE {}.phase IN EXCLUSIVE MODE").format(
+            sql.Identifier(CONTROL)))
+        proc = start_daemon(cfg, log)
+        try:
+            wait_for(lambda: bool(waiting_on_phase(su)) or proc.poll() is not None, 30,
+                     "the resync_required write waiting")
+            assert "copying everything again" in log.read_text()
+            su.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid",
+                       (waiting_on_phase(su),))
+            locker.rollback()
+            wait_for(lambda: log.read_text().count("backfill done") == 2
+                     or proc.poll() is not None, 30, "the re-copy")
+            assert proc.poll() is None, log.read_text()[-3000:]
+            wait_for(lambda: phase(pg_dsn) == "in_sync", 30, "in_sync after the re-copy")
+        finally:
+            rc = stop(proc)
+    assert rc == 0, log.read_text()[-3000:]
+    result = compare(uri, pg_dsn, [Namespace(db, "c")])
+    assert (result.documents, result.mismatches) == (500, 0)
