@@ -220,7 +220,10 @@ class Backfill:
                             await self.store.release(chunk.id)
                         except Exception:  # the lease expires on its own
                             pass
-                await anyio.sleep(min(30.0, 0.2 * 2 ** min(failures, 7)))
+                # A stop ends the wait: the chunk is handed back already, and a backoff
+                # after a long outage (up to 30 s) would outlast a SIGTERM drain.
+                with anyio.move_on_after(min(30.0, 0.2 * 2 ** min(failures, 7))):
+                    await self._stop.wait()
                 continue
             # Chunks are leased by other workers (maybe a dead process): wait until one
             # of ours ends a chunk, or a while for other processes' leases, then retry.

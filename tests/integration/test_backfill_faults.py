@@ -134,3 +134,57 @@ async def test_a_chunk_table_connection_that_cannot_be_reopened_yet_is_retried_n
         assert compare(mongo_uri, pg_dsn, [ns]).mismatches == 0
     finally:
         await client.close()
+
+
+async def test_a_stop_requested_while_a_worker_backs_off_ends_the_run_at_once(
+    mongo_uri: str, pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The chunk table is unreachable (connections refused), so the worker backs off
+    longer after each failure; a graceful stop (SIGTERM) does not wait the backoff out,
+    which after a long outage outlasts the daemon's drain timeout (exit code 1)."""
+    db = f"bf_{uuid.uuid4().hex[:10]}"
+    ns = Namespace(db, "c")
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+    try:
+        await client[db]["c"].insert_many([{"_id": i, "v": i} for i in range(60)])
+        async with pipeline(mongo_uri, pg_dsn, [f"{db}.c"]) as p:
+            role, role_dsn = limited_role(pg_dsn)
+            store = await ChunkStore.connect(role_dsn, CONTROL, "limited", lease_seconds=30)
+
+            async def hook(batch: Batch) -> None:
+                if batch.changes and store.conn.info.backend_pid and not store.conn.closed:
+                    connection_limit(pg_dsn, role, 0)
+                    terminate(pg_dsn, store.conn.info.backend_pid)
+
+            config = BackfillConfig(workers=1, chunk_documents=20, batch_size=10,
+                                    read_batch_documents=10)
+            bf = Backfill(client=p.client, sink=HookedSink(p.sink, hook), store=store,
+                          config=config, stream_start=p.start)
+
+            def attempts() -> int:
+                """The most consecutive failures a worker task has had."""
+                return max([r.__dict__.get("fields", {}).get("attempt", 0)
+                            for r in caplog.records
+                            if r.getMessage() == "backfill step failed; retrying"],
+                           default=0)
+
+            stopped: list[float] = []
+
+            async def stop_during_a_long_backoff() -> None:
+                while attempts() < 4:  # noqa: ASYNC110 - polled by design
+                    await anyio.sleep(0.01)
+                stopped.append(anyio.current_time())
+                bf.request_stop()  # a worker sleeps 3.2 s now
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(stop_during_a_long_backoff)
+                    with anyio.fail_after(20):
+                        assert await bf.run([ns]) is False
+                    took = anyio.current_time() - stopped[0]
+            finally:
+                connection_limit(pg_dsn, role, -1)
+                await store.close()
+        assert took < 1.5, f"the stop waited {took:.2f} s for a backoff"
+    finally:
+        await client.close()
