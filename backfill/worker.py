@@ -21,7 +21,8 @@ lost chunk lease. The chunk lease is renewed (with progress) at most every
 follows a longer pause.
 
 A graceful stop (:meth:`Backfill.request_stop`) lets each worker finish the batch it is
-writing, then hands its chunk back; nothing is cancelled mid-transaction. Run returns
+writing, then hands its chunk back; nothing is cancelled mid-transaction. A batch still
+waiting for the throttle (or a worker's backoff) is not waited for. Run returns
 when no chunk of its namespaces is pending or running in any process.
 """
 
@@ -72,6 +73,10 @@ class SinkLike(Protocol):
     async def applied_time(self, namespace: Namespace) -> int | None: ...
 
     async def close_reader(self, reader: int) -> None: ...
+
+
+class _Stopped(Exception):
+    """A graceful stop ended a chunk batch's wait for the throttle (nothing written)."""
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -136,6 +141,9 @@ class Backfill:
         self.copied_documents = 0
         self.copied_chunks = 0
         self._stop = anyio.Event()
+        self._throttle_waits: set[anyio.CancelScope] = set()
+        """Chunk batches waiting for the throttle: a stop ends their wait, which at a low
+        rate may last longer than a SIGTERM drain (batch size / rate)."""
         self._changed = anyio.Event()
         """Set (and replaced) when a worker of this process ends a chunk, or on a stop:
         wakes the workers waiting for chunks leased by others."""
@@ -148,6 +156,8 @@ class Backfill:
         """Finish the batches being written, hand unfinished chunks back, return."""
         self._stop.set()
         self._changed.set()
+        for wait in self._throttle_waits:
+            wait.cancel()
 
     @property
     def stopping(self) -> bool:
@@ -262,6 +272,9 @@ class Backfill:
                             extra={"fields": {"chunk": chunk.id}})
                 await self.store.release(chunk.id)
                 return False
+            except _Stopped:
+                await self.store.release(chunk.id)
+                return False
         return done
 
     @contextlib.asynccontextmanager
@@ -374,9 +387,26 @@ class Backfill:
         self.copied_chunks += 1
         return True
 
+    async def _acquire(self, count: int) -> None:
+        """Throttle tokens for a chunk's batch; raises :class:`_Stopped` when a stop came
+        first (before or during the wait)."""
+        with anyio.CancelScope() as wait:
+            self._throttle_waits.add(wait)
+            try:
+                if self.stopping:
+                    wait.cancel()
+                await self.throttle.acquire(count)
+            finally:
+                self._throttle_waits.discard(wait)
+        if wait.cancelled_caught:
+            raise _Stopped
+
     async def _write(self, ns: Namespace, docs: list[bytes], label: ClusterTime, reader: int,
-                     chunk_id: int | None, nbytes: int | None = None) -> None:
-        if docs:
+                     chunk_id: int | None, nbytes: int | None = None, *,
+                     chunk_copy: bool = True) -> None:
+        if docs and chunk_copy:
+            await self._acquire(len(docs))
+        elif docs:
             await self.throttle.acquire(len(docs))
         # Enum members bound once: an attribute lookup on an Enum class costs about as
         # much as building the Change itself.
@@ -406,7 +436,8 @@ class Backfill:
                                                 session=session, after=label):
                     seen.update(id_bson_from_raw(d) for d in batch)
                     found += len(batch)
-                    await self._write(namespace, batch, label, reader, None)
+                    await self._write(namespace, batch, label, reader, None,
+                                      chunk_copy=False)
             missing = [bson.encode({"_id": v}) for v in ids]
             deletes = [Change(namespace, k, label.packed, Op.DELETE, None, Origin.BACKFILL)
                        for k in missing if k not in seen]

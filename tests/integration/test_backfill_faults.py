@@ -188,3 +188,46 @@ async def test_a_stop_requested_while_a_worker_backs_off_ends_the_run_at_once(
         assert took < 1.5, f"the stop waited {took:.2f} s for a backoff"
     finally:
         await client.close()
+
+
+async def test_a_stop_requested_while_a_worker_waits_for_the_throttle_hands_its_chunk_back(
+    mongo_uri: str, pg_dsn: str
+) -> None:
+    """A throttled batch may wait longer than the daemon's drain timeout (batch size over
+    rate: 10,000 documents at 500/s wait 20 s); a graceful stop ends that wait, and the
+    chunk goes back to the pool with nothing more written."""
+    db = f"bf_{uuid.uuid4().hex[:10]}"
+    ns = Namespace(db, "c")
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+    try:
+        await client[db]["c"].insert_many([{"_id": i, "v": i} for i in range(300)])
+        async with pipeline(mongo_uri, pg_dsn, [f"{db}.c"]) as p:
+            written = anyio.Event()
+
+            async def hook(batch: Batch) -> None:
+                if batch.changes:
+                    written.set()
+
+            # One chunk (300 documents, batches of 200) at 100 documents per second: the
+            # first batch goes at once (the burst), the last one waits 2 s.
+            config = BackfillConfig(workers=1, chunk_documents=1000, batch_size=200,
+                                    read_batch_documents=100, throttle_docs_per_second=100)
+            bf = p.backfill(config, HookedSink(p.sink, hook))
+            stopped: list[float] = []
+
+            async def stop_after_the_first_batch() -> None:
+                await written.wait()
+                await anyio.sleep(0.3)
+                stopped.append(anyio.current_time())
+                bf.request_stop()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stop_after_the_first_batch)
+                with anyio.fail_after(20):
+                    assert await bf.run([ns]) is False
+                took = anyio.current_time() - stopped[0]
+            assert took < 1.0, f"the stop waited {took:.2f} s for the throttle"
+            assert bf.copied_documents == 200  # the last batch was not written
+        assert [r[2] for r in chunk_rows(pg_dsn)] == ["pending"]
+    finally:
+        await client.close()
