@@ -421,7 +421,17 @@ class Backfill:
     # -- targeted copies -------------------------------------------------------------
     async def copy_ids(self, namespace: Namespace, ids: Sequence[Any]) -> int:
         """Copy the given ``_id`` values again now; ids that no longer exist are written
-        as deletes at the read label (a later insert still wins). Returns upserts."""
+        as deletes at the read label (a later insert still wins). Returns upserts.
+        A read lease that expired meanwhile (a pause past it) refuses the next write:
+        the ids are read again under a new lease, as a chunk would be."""
+        while True:
+            try:
+                return await self._copy_ids(namespace, ids)
+            except ReadLeaseLost:
+                log.warning("the read lease of a targeted copy expired; reading again",
+                            extra={"fields": {"namespace": str(namespace)}})
+
+    async def _copy_ids(self, namespace: Namespace, ids: Sequence[Any]) -> int:
         found = 0
         source = await self.locate(namespace)
         async with self._read_lease(namespace) as reader, \

@@ -25,6 +25,7 @@ from tests.integration.backfill_support import (
     compare,
     pipeline,
 )
+from tests.integration.sink_support import expire_lease
 
 pytestmark = pytest.mark.anyio
 
@@ -229,5 +230,40 @@ async def test_a_stop_requested_while_a_worker_waits_for_the_throttle_hands_its_
             assert took < 1.0, f"the stop waited {took:.2f} s for the throttle"
             assert bf.copied_documents == 200  # the last batch was not written
         assert [r[2] for r in chunk_rows(pg_dsn)] == ["pending"]
+    finally:
+        await client.close()
+
+
+async def test_a_targeted_copy_whose_read_lease_expired_reads_again(
+    mongo_uri: str, pg_dsn: str
+) -> None:
+    """``copy_ids`` (the resync sweep, ``mongo2pg recopy --id``) under a read lease that
+    expired before a write (a pause past the lease: an outage longer than it) reads the
+    ids again under a new lease instead of failing the sweep, which ended the daemon."""
+    db = f"bf_{uuid.uuid4().hex[:10]}"
+    ns = Namespace(db, "c")
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+    try:
+        await client[db]["c"].insert_many([{"_id": i, "v": i} for i in range(30)])
+        async with pipeline(mongo_uri, pg_dsn, [f"{db}.c"]) as p:
+            expired: list[int] = []
+
+            async def expire_first_lease(batch: Batch) -> None:
+                if batch.reader is not None and not expired:
+                    expired.append(batch.reader)
+                    expire_lease(pg_dsn, batch.reader)
+
+            bf = p.backfill(BackfillConfig(batch_size=10),
+                            sink=HookedSink(p.sink, expire_first_lease))
+            assert await bf.copy_ids(ns, [*range(25), 9999]) == 25
+            await p.caught_up()
+        assert len(expired) == 1
+        with psycopg.connect(pg_dsn) as conn:
+            ids = {r[0] for r in conn.execute(psycopg.sql.SQL("SELECT _id FROM {}").format(
+                psycopg.sql.Identifier(db, "c"))).fetchall()}
+            left = conn.execute(psycopg.sql.SQL("SELECT count(*) FROM {}").format(
+                psycopg.sql.Identifier(CONTROL, "readers"))).fetchone()
+        assert {str(i) for i in range(25)} <= ids  # (the stream may have applied more)
+        assert left == (0,)
     finally:
         await client.close()
