@@ -23,6 +23,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import anyio
 import msgspec
 import psycopg
 from psycopg import sql
@@ -70,6 +71,8 @@ class ChunkStore:
         self.lease_seconds = lease_seconds
         self._t = sql.Identifier(schema, "chunks")
         self._state = sql.Identifier(schema, "stream_state")
+        self._reopen = anyio.Lock()
+        """Workers share the connection: one of them reopens it, the others wait."""
 
     @classmethod
     async def connect(cls, dsn: str, schema: str, owner: str,
@@ -86,7 +89,10 @@ class ChunkStore:
         psycopg's connection errors carry no SQLSTATE, so they are classified here."""
         try:
             if self.conn.closed and self.dsn:
-                self.conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+                async with self._reopen:
+                    if self.conn.closed:
+                        self.conn = await psycopg.AsyncConnection.connect(
+                            self.dsn, autocommit=True)
             return await self.conn.execute(query, params)
         except psycopg.OperationalError as exc:
             raise TargetUnavailable("control schema unreachable (chunk table)") from exc

@@ -3,7 +3,9 @@ chunk table's) is a transient failure wherever it shows, never the end of the co
 
 from __future__ import annotations
 
+import gc
 import uuid
+import warnings
 from typing import Any
 
 import anyio
@@ -17,6 +19,8 @@ from backfill.chunks import ChunkStore
 from backfill.config import BackfillConfig
 from backfill.worker import Backfill
 from cdc.batch import Batch
+from cdc.errors import TargetUnavailable
+from cdc.sink.migrations import migrate_sync
 from cdc.types import Namespace
 from tests.integration.backfill_support import (
     CONTROL,
@@ -267,3 +271,27 @@ async def test_a_targeted_copy_whose_read_lease_expired_reads_again(
         assert left == (0,)
     finally:
         await client.close()
+
+
+async def test_workers_that_find_the_chunk_table_connection_lost_reopen_it_once(
+    pg_dsn: str
+) -> None:
+    """Every worker shares the chunk table's connection: once it is lost, the workers
+    calling next reopen one connection, not one each (the others were left open and
+    dropped: closed only by the garbage collector, with a ResourceWarning)."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate_sync(conn, CONTROL)
+    store = await ChunkStore.connect(pg_dsn, CONTROL, "test")
+    try:
+        terminate(pg_dsn, store.conn.info.backend_pid)
+        with pytest.raises(TargetUnavailable):
+            await store.remaining()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            async with anyio.create_task_group() as tg:
+                for _ in range(8):
+                    tg.start_soon(store.remaining)
+            gc.collect()
+    finally:
+        await store.close()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
