@@ -140,6 +140,8 @@ class Backfill:
         self.tracker = ProgressTracker()
         self.copied_documents = 0
         self.copied_chunks = 0
+        self._failures = 0
+        """Consecutive failed steps of this process's workers (see ``_back_off``)."""
         self._stop = anyio.Event()
         self._throttle_waits: set[anyio.CancelScope] = set()
         """Chunk batches waiting for the throttle: a stop ends their wait, which at a low
@@ -200,12 +202,11 @@ class Backfill:
         return not self.stopping
 
     async def _worker(self, namespaces: list[Namespace]) -> None:
-        failures = 0
         while not self.stopping:
             chunk: ChunkRecord | None = None
             changed = self._changed  # before the claim: no chunk end goes unnoticed
-            try:
-                async with self.limiter:
+            async with self.limiter:
+                try:
                     chunk = await self.store.claim(namespaces)
                     if chunk is not None:
                         try:
@@ -213,33 +214,40 @@ class Backfill:
                         finally:
                             self._changed.set()
                             self._changed = anyio.Event()
-                        failures = 0
+                        self._failures = 0
                         continue
-                if await self.store.remaining(namespaces) == 0:
-                    return
-            except Exception as exc:
-                if not (is_retriable(exc) or read_interrupted(exc)):
-                    raise
-                failures += 1
-                log.warning("backfill step failed; retrying", extra={"fields": {
-                    "chunk": chunk.id if chunk else None, "error": type(exc).__name__,
-                    "attempt": failures}})
-                if chunk is not None:
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                        try:
-                            await self.store.release(chunk.id)
-                        except Exception:  # the lease expires on its own
-                            pass
-                # A stop ends the wait: the chunk is handed back already, and a backoff
-                # after a long outage (up to 30 s) would outlast a SIGTERM drain.
-                with anyio.move_on_after(min(30.0, 0.2 * 2 ** min(failures, 7))):
-                    await self._stop.wait()
-                continue
+                    remaining = await self.store.remaining(namespaces)
+                except Exception as exc:
+                    if not (is_retriable(exc) or read_interrupted(exc)):
+                        raise
+                    await self._back_off(exc, chunk)
+                    continue
+            if remaining == 0:
+                return
             # Chunks are leased by other workers (maybe a dead process): wait until one
             # of ours ends a chunk, or a while for other processes' leases, then retry.
             if not self.stopping:
                 with anyio.move_on_after(min(1.0, self.config.lease_seconds / 4)):
                     await changed.wait()
+
+    async def _back_off(self, exc: Exception, chunk: ChunkRecord | None) -> None:
+        """After a failed step: hand the chunk back, then wait, holding the worker's slot
+        (a spare task would take it and try again at once). The count of consecutive
+        failures is shared by the worker tasks, so waits grow whoever tries next."""
+        self._failures += 1
+        log.warning("backfill step failed; retrying", extra={"fields": {
+            "chunk": chunk.id if chunk else None, "error": type(exc).__name__,
+            "attempt": self._failures}})
+        if chunk is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                try:
+                    await self.store.release(chunk.id)
+                except Exception:  # the lease expires on its own
+                    pass
+        # A stop ends the wait: the chunk is handed back already, and a backoff after a
+        # long outage (up to 30 s) would outlast a SIGTERM drain.
+        with anyio.move_on_after(min(30.0, 0.2 * 2 ** min(self._failures, 7))):
+            await self._stop.wait()
 
     async def copy_chunk(self, chunk: ChunkRecord) -> bool:
         """Copy one claimed chunk; True when it was completed (marked done)."""

@@ -295,3 +295,49 @@ async def test_workers_that_find_the_chunk_table_connection_lost_reopen_it_once(
     finally:
         await store.close()
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+async def test_workers_back_off_together_while_the_chunk_table_is_unreachable(
+    mongo_uri: str, pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One worker, connections refused for 2 s: the attempts back off (0.4, 0.8, 1.6 s),
+    whichever of the worker tasks makes them (spare tasks wait for a slot, and take it
+    while the one that failed sleeps)."""
+    db = f"bf_{uuid.uuid4().hex[:10]}"
+    ns = Namespace(db, "c")
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+    try:
+        await client[db]["c"].insert_many([{"_id": i, "v": i} for i in range(60)])
+        async with pipeline(mongo_uri, pg_dsn, [f"{db}.c"]) as p:
+            role, role_dsn = limited_role(pg_dsn)
+            store = await ChunkStore.connect(role_dsn, CONTROL, "limited", lease_seconds=30)
+            refused = anyio.Event()
+
+            async def hook(batch: Batch) -> None:
+                if batch.changes and not refused.is_set():
+                    connection_limit(pg_dsn, role, 0)
+                    terminate(pg_dsn, store.conn.info.backend_pid)
+                    refused.set()
+
+            config = BackfillConfig(workers=1, chunk_documents=20, batch_size=10,
+                                    read_batch_documents=10)
+            bf = Backfill(client=p.client, sink=HookedSink(p.sink, hook), store=store,
+                          config=config, stream_start=p.start)
+
+            async def allow_later() -> None:
+                await refused.wait()
+                await anyio.sleep(2)
+                connection_limit(pg_dsn, role, -1)
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(allow_later)
+                    assert await bf.run([ns]) is True
+            finally:
+                await store.close()
+        failed = [r for r in caplog.records
+                  if r.getMessage() == "backfill step failed; retrying"]
+        assert 2 <= len(failed) <= 4, f"{len(failed)} attempts failed in 2 s"
+        assert {r[2] for r in chunk_rows(pg_dsn)} == {"done"}
+    finally:
+        await client.close()
