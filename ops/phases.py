@@ -114,12 +114,17 @@ class PhaseMachine:
         return self.current
 
     async def _write(self, phase: Phase, reason: str | None) -> None:
-        async with await self._conn() as conn:
-            await conn.execute(sql.SQL(
-                "INSERT INTO {} AS p (singleton, phase, reason, updated_at) "
-                "VALUES (true, %s, %s, now()) ON CONFLICT (singleton) DO UPDATE SET "
-                "phase = EXCLUDED.phase, reason = EXCLUDED.reason, updated_at = now()"
-            ).format(self._table), (phase.value, reason))
+        try:
+            async with await self._conn() as conn:
+                await conn.execute(sql.SQL(
+                    "INSERT INTO {} AS p (singleton, phase, reason, updated_at) "
+                    "VALUES (true, %s, %s, now()) ON CONFLICT (singleton) DO UPDATE SET "
+                    "phase = EXCLUDED.phase, reason = EXCLUDED.reason, updated_at = now()"
+                ).format(self._table), (phase.value, reason))
+        except psycopg.OperationalError as exc:
+            # A connection cut mid-statement carries no SQLSTATE either. The write may
+            # have landed: writing it again is the same (the row is upserted).
+            raise TargetUnavailable("control schema unreachable (phase)") from exc
         self.current, self.reason = phase, reason
         export(phase)
 

@@ -1,6 +1,6 @@
 """The daemon's lifecycle under PostgreSQL faults: a connection lost while the phase is
-written, or a server refusing new connections then, is retried, not the end of the
-process."""
+written (terminated, or cut by the network), or a server refusing new connections then,
+is retried, not the end of the process."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from cdc.types import Namespace
 from ops.sandbox import start_sandbox
 from tests.integration.backfill_support import CONTROL, compare
 from tests.integration.daemon_support import phase, start_daemon, stop, wait_for, write_config
+from tests.support.tcpproxy import TcpProxy
 
 
 def waiting_on_phase(su: psycopg.Connection[Any]) -> list[int]:
@@ -146,3 +147,45 @@ def test_a_connection_lost_while_resync_required_is_written_is_retried_not_fatal
     assert rc == 0, log.read_text()[-3000:]
     result = compare(uri, pg_dsn, [Namespace(db, "c")])
     assert (result.documents, result.mismatches) == (500, 0)
+
+
+def test_a_network_blip_while_the_phase_is_written_is_retried_not_fatal(
+    mongo_uri: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    """The daemon reaches PostgreSQL through a proxy; while the first phase write waits
+    behind a lock, every connection is cut (no error message from the server: psycopg
+    reports no SQLSTATE). The daemon retries the write, and everything else, and
+    migrates."""
+    db = f"dn_{uuid.uuid4().hex[:8]}"
+    with MongoClient[dict[str, Any]](mongo_uri) as mongo:
+        mongo[db]["c"].insert_many([{"_id": i, "v": i} for i in range(200)])
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate_sync(conn, CONTROL)
+        conn.execute(sql.SQL("INSERT INTO {}.phase (phase) VALUES ('init')").format(
+            sql.Identifier(CONTROL)))
+    info = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    log = tmp_path / "daemon.log"
+    with TcpProxy(str(info.get("host") or "127.0.0.1"), int(str(info.get("port") or 5432))
+                  ) as proxy:
+        cfg = tmp_path / "m.toml"
+        write_config(cfg, mongo_uri=mongo_uri, include=[f"{db}.c"],
+                     dsn=psycopg.conninfo.make_conninfo(pg_dsn, host="127.0.0.1",
+                                                        port=proxy.port))
+        with psycopg.connect(pg_dsn, autocommit=True) as su, \
+                psycopg.connect(pg_dsn) as locker:
+            locker.execute(sql.SQL("LOCK TABLE {}.phase IN EXCLUSIVE MODE").format(
+                sql.Identifier(CONTROL)))
+            proc = start_daemon(cfg, log)
+            try:
+                wait_for(lambda: bool(waiting_on_phase(su)) or proc.poll() is not None, 30,
+                         "a phase write waiting")
+                proxy.cut()
+                locker.rollback()
+                wait_for(lambda: phase(pg_dsn) == "in_sync" or proc.poll() is not None, 30,
+                         "in_sync")
+                assert proc.poll() is None, log.read_text()[-3000:]
+            finally:
+                rc = stop(proc)
+    assert rc == 0, log.read_text()[-3000:]
+    result = compare(mongo_uri, pg_dsn, [Namespace(db, "c")])
+    assert (result.documents, result.mismatches) == (200, 0)
