@@ -138,6 +138,10 @@ class ChunkStore:
                         [(str(s.namespace), s.seq, encode_bound(s.lower),
                           encode_bound(s.upper)) for s in specs])
                 await self._set_estimate(conn, namespace, estimate)
+        except psycopg.OperationalError as exc:
+            # A connection cut midway carries no SQLSTATE. Planning again is safe: a plan
+            # whose commit landed is found, one that did not is made again.
+            raise TargetUnavailable("control schema unreachable (planning)") from exc
         finally:
             if conn is not self.conn:
                 await conn.close()

@@ -24,13 +24,18 @@ from tests.integration.daemon_support import phase, start_daemon, stop, wait_for
 from tests.support.tcpproxy import TcpProxy
 
 
-def waiting_on_phase(su: psycopg.Connection[Any]) -> list[int]:
-    """Backends of this database waiting for a lock while writing the phase row."""
+def waiting_on(su: psycopg.Connection[Any], pattern: str) -> list[int]:
+    """Backends of this database waiting for a lock in a statement like ``pattern``."""
     rows = su.execute(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
         "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock' "
-        "AND query ILIKE %s", ("%.%phase%",)).fetchall()
+        "AND query ILIKE %s", (pattern,)).fetchall()
     return [int(r[0]) for r in rows]
+
+
+def waiting_on_phase(su: psycopg.Connection[Any]) -> list[int]:
+    """Backends of this database waiting for a lock while writing the phase row."""
+    return waiting_on(su, "%.%phase%")
 
 
 def daemon_role(pg_dsn: str) -> tuple[str, str]:
@@ -149,13 +154,14 @@ def test_a_connection_lost_while_resync_required_is_written_is_retried_not_fatal
     assert (result.documents, result.mismatches) == (500, 0)
 
 
-def test_a_network_blip_while_the_phase_is_written_is_retried_not_fatal(
-    mongo_uri: str, pg_dsn: str, tmp_path: Path
+@pytest.mark.parametrize("step", ["phase", "plan"])
+def test_a_network_blip_during_a_lifecycle_write_is_retried_not_fatal(
+    mongo_uri: str, pg_dsn: str, tmp_path: Path, step: str
 ) -> None:
-    """The daemon reaches PostgreSQL through a proxy; while the first phase write waits
-    behind a lock, every connection is cut (no error message from the server: psycopg
-    reports no SQLSTATE). The daemon retries the write, and everything else, and
-    migrates."""
+    """The daemon reaches PostgreSQL through a proxy; while a write of its lifecycle
+    waits behind a lock (the first phase move, or the backfill's plan), every connection
+    is cut (no error message from the server: psycopg reports no SQLSTATE). The daemon
+    retries, and migrates."""
     db = f"dn_{uuid.uuid4().hex[:8]}"
     with MongoClient[dict[str, Any]](mongo_uri) as mongo:
         mongo[db]["c"].insert_many([{"_id": i, "v": i} for i in range(200)])
@@ -173,12 +179,18 @@ def test_a_network_blip_while_the_phase_is_written_is_retried_not_fatal(
                                                         port=proxy.port))
         with psycopg.connect(pg_dsn, autocommit=True) as su, \
                 psycopg.connect(pg_dsn) as locker:
-            locker.execute(sql.SQL("LOCK TABLE {}.phase IN EXCLUSIVE MODE").format(
-                sql.Identifier(CONTROL)))
+            if step == "phase":  # phase writes wait behind this lock (reads do not)
+                locker.execute(sql.SQL("LOCK TABLE {}.phase IN EXCLUSIVE MODE").format(
+                    sql.Identifier(CONTROL)))
+                pattern = "%.%phase%"
+            else:  # the lock a plan of the namespace takes
+                locker.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                               (f"mongo2pg.plan.{CONTROL}.{db}.c",))
+                pattern = "%pg_advisory_xact_lock%"
             proc = start_daemon(cfg, log)
             try:
-                wait_for(lambda: bool(waiting_on_phase(su)) or proc.poll() is not None, 30,
-                         "a phase write waiting")
+                wait_for(lambda: bool(waiting_on(su, pattern)) or proc.poll() is not None,
+                         30, f"a {step} write waiting")
                 proxy.cut()
                 locker.rollback()
                 wait_for(lambda: phase(pg_dsn) == "in_sync" or proc.poll() is not None, 30,
