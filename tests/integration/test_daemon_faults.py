@@ -20,7 +20,14 @@ from cdc.sink.migrations import migrate_sync
 from cdc.types import Namespace
 from ops.sandbox import start_sandbox
 from tests.integration.backfill_support import CONTROL, compare
-from tests.integration.daemon_support import phase, start_daemon, stop, wait_for, write_config
+from tests.integration.daemon_support import (
+    phase,
+    scalar,
+    start_daemon,
+    stop,
+    wait_for,
+    write_config,
+)
 from tests.support.tcpproxy import TcpProxy
 
 
@@ -201,3 +208,28 @@ def test_a_network_blip_during_a_lifecycle_write_is_retried_not_fatal(
     assert rc == 0, log.read_text()[-3000:]
     result = compare(mongo_uri, pg_dsn, [Namespace(db, "c")])
     assert (result.documents, result.mismatches) == (200, 0)
+
+
+def test_sigterm_while_the_backfill_waits_for_its_throttle_exits_zero(
+    mongo_uri: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    """At 50 documents per second a batch of 250 waits 5 s for the throttle, longer than
+    the drain timeout (2 s here): SIGTERM still drains in time and exits 0, and the
+    chunks go back to the pool."""
+    db = f"dd_{uuid.uuid4().hex[:8]}"
+    with MongoClient[dict[str, Any]](mongo_uri) as mongo:
+        mongo[db]["c"].insert_many([{"_id": i, "v": i} for i in range(1000)])
+    cfg = tmp_path / "m.toml"
+    write_config(cfg, mongo_uri=mongo_uri, dsn=pg_dsn, include=[f"{db}.c"], workers=1,
+                 chunk_documents=1000, batch_size=250, throttle=50, lease_seconds=600)
+    cfg.write_text(cfg.read_text().replace("[daemon]\n", "[daemon]\ndrain_timeout_seconds = 2\n"))
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(cfg, log)
+    try:
+        wait_for(lambda: (scalar(pg_dsn, "SELECT count(*) FROM {ctl}.chunks "
+                                 "WHERE docs > 0") or 0) > 0, 30, "a batch written")
+        time.sleep(0.5)  # the next batch waits for the throttle now
+    finally:
+        rc = stop(proc, timeout=15)
+    assert rc == 0, log.read_text()[-3000:]
+    assert scalar(pg_dsn, "SELECT count(*) FROM {ctl}.chunks WHERE status = 'running'") == 0
