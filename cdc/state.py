@@ -49,12 +49,30 @@ class DdlDecisions:
     marked_dbs: set[str] = field(default_factory=set)
 
     def target(self, ns: Namespace) -> Namespace | None:
-        """The namespace whose table receives the documents of collection ``ns`` now
-        (``None``: its table is marked and receives nothing)."""
-        target = self.aliases.get(ns, ns)
+        """The namespace whose table receives the documents of collection ``ns`` now;
+        ``None`` when its table is marked, or when ``ns`` is :meth:`displaced`."""
+        target = self.aliases.get(ns)
+        if target is None:
+            if self.displaced(ns):
+                return None
+            target = ns
         if target in self.marked or target.db in self.marked_dbs:
             return None
         return target
+
+    def displaced(self, ns: Namespace) -> bool:
+        """Whether ``ns`` names a collection created after the one of that name was
+        renamed away under ``follow``: the renamed collection feeds ``ns``'s table, and
+        two collections feeding one table would mix their documents, so this one feeds
+        nothing (it needs a mapping of its own)."""
+        return ns not in self.aliases and ns in self.aliases.values()
+
+    def merge(self, other: DdlDecisions) -> None:
+        """Add ``other``'s decisions to these."""
+        self.aliases.update(other.aliases)
+        self.renamed_at.update(other.renamed_at)
+        self.marked.update(other.marked)
+        self.marked_dbs.update(other.marked_dbs)
 
     def source(self, target: Namespace) -> Namespace:
         """Where the documents of ``target``'s table live now: the name of its latest

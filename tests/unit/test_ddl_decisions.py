@@ -29,3 +29,16 @@ def test_marked_tables_and_databases_are_fed_nothing() -> None:
     assert decisions.target(A) is None
     assert decisions.target(Namespace("gone", "x")) is None
     assert decisions.target(C) == C
+
+
+def test_a_collection_re_created_under_a_followed_old_name_feeds_nothing() -> None:
+    # a renamed to b (b feeds a's table); a new collection a is then displaced.
+    decisions = DdlDecisions(aliases={B: A}, renamed_at={B: 5})
+    assert decisions.displaced(A)
+    assert decisions.target(A) is None
+    assert decisions.target(B) == A
+    assert not decisions.displaced(C)
+    # Renamed back (b to a): a is an alias of itself again, not displaced.
+    back = DdlDecisions(aliases={B: A, A: A}, renamed_at={B: 5, A: 7})
+    assert not back.displaced(A)
+    assert back.target(A) == A
