@@ -13,7 +13,7 @@ belong to the sink's migrations (the control schema contract in BRIEF.md).
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,12 @@ class DdlDecisions:
         two collections feeding one table would mix their documents, so this one feeds
         nothing (it needs a mapping of its own)."""
         return ns not in self.aliases and ns in self.aliases.values()
+
+    def tables(self, collections: Iterable[Namespace]) -> list[Namespace]:
+        """The namespaces whose tables ``collections`` (what the include patterns find
+        now) feed, with the tables renamed collections feed, minus marked ones."""
+        targets = {self.target(ns) for ns in [*collections, *self.aliases]}
+        return sorted(t for t in targets if t is not None)
 
     def merge(self, other: DdlDecisions) -> None:
         """Add ``other``'s decisions to these."""

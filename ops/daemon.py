@@ -234,9 +234,7 @@ class Daemon:
         the table of its first name (and is read from its new name), a marked
         one feeds nothing."""
         decisions = await self.stream_state.ddl_decisions(STREAM)
-        found = await expand_namespaces(self.client, self.config.include)
-        targets = {decisions.target(ns) for ns in [*found, *decisions.aliases.values()]}
-        return sorted(t for t in targets if t is not None)
+        return decisions.tables(await expand_namespaces(self.client, self.config.include))
 
 
     async def _lifecycle(self) -> None:

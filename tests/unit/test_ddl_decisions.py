@@ -42,3 +42,14 @@ def test_a_collection_re_created_under_a_followed_old_name_feeds_nothing() -> No
     back = DdlDecisions(aliases={B: A, A: A}, renamed_at={B: 5, A: 7})
     assert not back.displaced(A)
     assert back.target(A) == A
+
+
+def test_the_tables_to_fill_follow_renames_whatever_the_include_pattern_finds() -> None:
+    decisions = DdlDecisions(aliases={B: A}, renamed_at={B: 5}, marked={Namespace("d", "m")})
+    # "d.*" finds b (renamed from a) and c: b feeds a's table.
+    assert decisions.tables([B, C]) == [A, C]
+    # An exact include "d.a" still names a after the rename; b feeds it.
+    assert decisions.tables([A]) == [A]
+    # A rename out of what the patterns find: a's table is still fed by b.
+    assert decisions.tables([]) == [A]
+    assert decisions.tables([Namespace("d", "m"), C]) == [A, C]
