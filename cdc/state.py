@@ -23,6 +23,9 @@ from psycopg import sql
 from cdc.errors import TargetUnavailable, is_retriable
 from cdc.types import ClusterTime, Namespace, Phase
 
+MAIN_STREAM = "main"
+"""The name of the daemon's change stream (its checkpoint and DDL decisions)."""
+
 
 def stream_start_key(stream: str) -> str:
     """``stream_start`` for the main stream, ``stream_start:<name>`` for others."""
@@ -66,6 +69,15 @@ class DdlDecisions:
         two collections feeding one table would mix their documents, so this one feeds
         nothing (it needs a mapping of its own)."""
         return ns not in self.aliases and ns in self.aliases.values()
+
+    def table_of(self, name: Namespace) -> Namespace | None:
+        """The namespace whose table an operator means by ``name``: the table itself
+        when a renamed collection feeds it (``a`` after ``a → b``), else the table the
+        collection ``name`` feeds (``b`` means ``a``'s table); ``None`` when marked."""
+        target = name if name in self.aliases.values() else self.aliases.get(name, name)
+        if target in self.marked or target.db in self.marked_dbs:
+            return None
+        return target
 
     def tables(self, collections: Iterable[Namespace]) -> list[Namespace]:
         """The namespaces whose tables ``collections`` (what the include patterns find

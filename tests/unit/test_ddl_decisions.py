@@ -53,3 +53,11 @@ def test_the_tables_to_fill_follow_renames_whatever_the_include_pattern_finds() 
     # A rename out of what the patterns find: a's table is still fed by b.
     assert decisions.tables([]) == [A]
     assert decisions.tables([Namespace("d", "m"), C]) == [A, C]
+
+
+def test_an_operator_names_a_followed_table_by_its_first_or_its_new_name() -> None:
+    decisions = DdlDecisions(aliases={B: A}, renamed_at={B: 5}, marked={Namespace("d", "m")})
+    assert decisions.table_of(A) == A
+    assert decisions.table_of(B) == A
+    assert decisions.table_of(C) == C
+    assert decisions.table_of(Namespace("d", "m")) is None
