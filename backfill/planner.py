@@ -119,10 +119,13 @@ async def sample_ids(client: AsyncMongoClient[Any], namespace: Namespace, size: 
 
 
 async def plan_collection(
-    client: AsyncMongoClient[Any], namespace: Namespace, config: BackfillConfig
+    client: AsyncMongoClient[Any], namespace: Namespace, config: BackfillConfig,
+    source: Namespace | None = None,
 ) -> tuple[list[ChunkSpec], SizeEstimate]:
-    """Chunks for one collection, and the estimate they were planned from."""
-    estimate = await estimate_size(client, namespace)
+    """Chunks of ``namespace`` (its documents read from ``source`` when given: its
+    collection's name now), and the estimate they were planned from."""
+    read = source or namespace
+    estimate = await estimate_size(client, read)
     n = chunk_count(estimate, config)
-    samples = await sample_ids(client, namespace, n * config.samples_per_chunk) if n > 1 else []
+    samples = await sample_ids(client, read, n * config.samples_per_chunk) if n > 1 else []
     return chunks_from_splits(namespace, split_points(samples, n)), estimate

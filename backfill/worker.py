@@ -174,7 +174,8 @@ class Backfill:
     async def plan(self, namespaces: Sequence[Namespace]) -> None:
         for ns in namespaces:
             async def planner(ns: Namespace = ns) -> Any:
-                return await plan_collection(self.client, await self.locate(ns), self.config)
+                return await plan_collection(self.client, ns, self.config,
+                                             source=await self.locate(ns))
 
             if await self.store.plan_once(ns, planner):
                 log.info("planned backfill", extra={"fields": {"namespace": str(ns)}})

@@ -204,8 +204,9 @@ static PyObject *split_array(PyObject *self, PyObject *args) {
     if (out == NULL) goto done;
     Py_ssize_t at = start;
     while (at < stop) {
+        if (at + 1 >= stop) goto malformed;  /* a type byte and nothing after it */
         const unsigned char *zero = memchr(buf + at + 1, 0, (size_t)(stop - at - 1));
-        if (at + 1 >= stop || zero == NULL) goto malformed;
+        if (zero == NULL) goto malformed;
         Py_ssize_t doc = (zero - buf) + 1;
         if (doc + 4 > stop) goto malformed;
         Py_ssize_t len = (Py_ssize_t)rd_i32(buf + doc);

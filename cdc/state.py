@@ -13,7 +13,7 @@ belong to the sink's migrations (the control schema contract in BRIEF.md).
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,9 @@ from psycopg import sql
 
 from cdc.errors import TargetUnavailable, is_retriable
 from cdc.types import ClusterTime, Namespace, Phase
+
+MAIN_STREAM = "main"
+"""The name of the daemon's change stream (its checkpoint and DDL decisions)."""
 
 
 def stream_start_key(stream: str) -> str:
@@ -49,12 +52,45 @@ class DdlDecisions:
     marked_dbs: set[str] = field(default_factory=set)
 
     def target(self, ns: Namespace) -> Namespace | None:
-        """The namespace whose table receives the documents of collection ``ns`` now
-        (``None``: its table is marked and receives nothing)."""
-        target = self.aliases.get(ns, ns)
+        """The namespace whose table receives the documents of collection ``ns`` now;
+        ``None`` when its table is marked, or when ``ns`` is :meth:`displaced`."""
+        target = self.aliases.get(ns)
+        if target is None:
+            if self.displaced(ns):
+                return None
+            target = ns
         if target in self.marked or target.db in self.marked_dbs:
             return None
         return target
+
+    def displaced(self, ns: Namespace) -> bool:
+        """Whether ``ns`` names a collection created after the one of that name was
+        renamed away under ``follow``: the renamed collection feeds ``ns``'s table, and
+        two collections feeding one table would mix their documents, so this one feeds
+        nothing (it needs a mapping of its own)."""
+        return ns not in self.aliases and ns in self.aliases.values()
+
+    def table_of(self, name: Namespace) -> Namespace | None:
+        """The namespace whose table an operator means by ``name``: the table itself
+        when a renamed collection feeds it (``a`` after ``a → b``), else the table the
+        collection ``name`` feeds (``b`` means ``a``'s table); ``None`` when marked."""
+        target = name if name in self.aliases.values() else self.aliases.get(name, name)
+        if target in self.marked or target.db in self.marked_dbs:
+            return None
+        return target
+
+    def tables(self, collections: Iterable[Namespace]) -> list[Namespace]:
+        """The namespaces whose tables ``collections`` (what the include patterns find
+        now) feed, with the tables renamed collections feed, minus marked ones."""
+        targets = {self.target(ns) for ns in [*collections, *self.aliases]}
+        return sorted(t for t in targets if t is not None)
+
+    def merge(self, other: DdlDecisions) -> None:
+        """Add ``other``'s decisions to these."""
+        self.aliases.update(other.aliases)
+        self.renamed_at.update(other.renamed_at)
+        self.marked.update(other.marked)
+        self.marked_dbs.update(other.marked_dbs)
 
     def source(self, target: Namespace) -> Namespace:
         """Where the documents of ``target``'s table live now: the name of its latest

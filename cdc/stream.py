@@ -91,7 +91,7 @@ from cdc.events import (
 from cdc.readahead import TOO_LARGE_CODES, ReadAhead, first_error
 from cdc.refetch import current_document, fill_post_images
 from cdc.retry import call_with_retry
-from cdc.state import StreamState, ddl_key
+from cdc.state import DdlDecisions, StreamState, ddl_key
 from cdc.stream_config import (
     DEFAULT_CONFIG,
     DdlPolicy,
@@ -134,9 +134,11 @@ class Tailer:
         self._committed: Position | None = None
         self._start_after: bytes | None = None
         self._last_applied: ClusterTime = ZERO_TIME
-        self._marked: set[Namespace] = set()
-        self._marked_dbs: set[str] = set()
-        self._aliases: dict[Namespace, Namespace] = {}
+        self._decisions = DdlDecisions()
+        """The DDL decisions taken so far (persisted first, then recorded here)."""
+        self._aliases = self._decisions.aliases
+        self._displaced: set[Namespace] = set()
+        """Re-created collections already warned about (see :meth:`_resolve`)."""
         self._lag_at = 0.0
         self._ahead = ReadAhead(cap=config.batch_max_events, max_await_ms=config.max_await_ms)
         self._careful = 0
@@ -518,13 +520,15 @@ class Tailer:
         return len(reply.events)
 
     def _resolve(self, ns: Namespace) -> Namespace | None:
-        target = self._aliases.get(ns)
-        if target is None:
-            if not matches(self._include, ns):
-                return None
-            target = ns
-        if target in self._marked or target.db in self._marked_dbs:
+        """The namespace whose table receives the events of ``ns`` (``None``: none)."""
+        if ns not in self._aliases and not matches(self._include, ns):
             return None
+        target = self._decisions.target(ns)
+        if target is None and self._decisions.displaced(ns) and ns not in self._displaced:
+            self._displaced.add(ns)
+            log.warning("collection re-created under a name whose table a renamed"
+                        " collection feeds (follow): not applied", extra={"fields": {
+                            "namespace": str(ns)}})
         return target
 
     async def _flush(self) -> None:
@@ -567,10 +571,7 @@ class Tailer:
         return ddl_key(self.stream_name, what)
 
     async def _load_ddl(self) -> None:
-        decisions = await self._state.ddl_decisions(self.stream_name)
-        self._marked_dbs.update(decisions.marked_dbs)
-        self._marked.update(decisions.marked)
-        self._aliases.update(decisions.aliases)
+        self._decisions.merge(await self._state.ddl_decisions(self.stream_name))
 
     async def _ddl(self, event: Drop | Rename | DropDatabase, now: float) -> bool:
         """Apply a DDL event under its policy; True when the stream must be reopened."""
@@ -586,7 +587,7 @@ class Tailer:
                 # retried from the checkpoint (still before this event) and puts again.
                 await self._state.put(self._ddl_key(f"{event.db}.*"), {
                     "op": "dropDatabase", "marked_db": event.db, "cluster_time": when})
-                self._marked_dbs.add(event.db)
+                self._decisions.marked_dbs.add(event.db)
             what = event.db
         else:
             target = self._resolve(event.ns)
@@ -599,12 +600,13 @@ class Tailer:
                 await self._state.put(self._ddl_key(str(target)), {
                     "op": type(event).__name__.lower(), "marked": str(target),
                     "cluster_time": when})
-                self._marked.add(target)
+                self._decisions.marked.add(target)
             elif target is not None and policy == "follow" and isinstance(event, Rename):
                 await self._state.put(self._ddl_key(str(event.to)), {
                     "op": "rename", "alias_from": str(event.to), "alias_to": str(target),
                     "cluster_time": when})
                 self._aliases[event.to] = target
+                self._decisions.renamed_at[event.to] = when
                 reopen = True
         log.warning("DDL on a watched namespace", extra={"fields": {
             "namespace": what, "operation": type(event).__name__, "policy": policy}})

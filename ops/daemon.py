@@ -54,7 +54,7 @@ from cdc.mapping import resolve
 from cdc.mapping.model import Mapper
 from cdc.retry import call_with_retry
 from cdc.sink import Sink
-from cdc.state import StreamState
+from cdc.state import MAIN_STREAM, StreamState
 from cdc.stream import Tailer
 from cdc.types import ZERO_TIME, ClusterTime, Namespace, Phase
 from ops.config import Config
@@ -63,8 +63,6 @@ from ops.metrics import serve_metrics
 from ops.phases import MANAGED, PhaseMachine, next_phase
 
 log = logging.getLogger("mongo2pg.daemon")
-STREAM = "main"
-"""The name of the daemon's change stream (its checkpoint and DDL decisions)."""
 SWEEP_KEY = "resync.sweep_before"
 
 
@@ -210,7 +208,7 @@ class Daemon:
         reported = False
         while True:
             tailer = Tailer(client=self.client, sink=self.sink, include=list(cfg.include),
-                            config=cfg.stream, start_fresh=fresh, stream_name=STREAM)
+                            config=cfg.stream, start_fresh=fresh, stream_name=MAIN_STREAM)
             self.tailer = tailer
             try:
                 async with anyio.create_task_group() as tg:
@@ -240,10 +238,8 @@ class Daemon:
         through the stream's DDL decisions — a collection renamed under ``follow`` feeds
         the table of its first name (and is read from its new name), a marked
         one feeds nothing."""
-        decisions = await self.stream_state.ddl_decisions(STREAM)
-        found = await expand_namespaces(self.client, self.config.include)
-        targets = {decisions.target(ns) for ns in [*found, *decisions.aliases.values()]}
-        return sorted(t for t in targets if t is not None)
+        decisions = await self.stream_state.ddl_decisions(MAIN_STREAM)
+        return decisions.tables(await expand_namespaces(self.client, self.config.include))
 
 
     async def _lifecycle(self) -> None:
@@ -300,7 +296,7 @@ class Daemon:
             return
         bf = Backfill(client=self.client, sink=self.sink, store=self.store,
                       config=self.config.backfill, stream_start=self.stream_start,
-                      locate=self.stream_state.locator(STREAM))
+                      locate=self.stream_state.locator(MAIN_STREAM))
         swept = 0
         for ns in await self._namespaces():
             root = self.mapper_for(ns).tables()[0]
@@ -321,7 +317,7 @@ class Daemon:
         self.backfill = Backfill(client=self.client, sink=self.sink, store=self.store,
                                  config=self.config.backfill,
                                  stream_start=self.stream_start,
-                                 locate=self.stream_state.locator(STREAM))
+                                 locate=self.stream_state.locator(MAIN_STREAM))
         self._backfill_idle = anyio.Event()
         started = time.monotonic()
         try:

@@ -33,6 +33,7 @@ from backfill.worker import Backfill, default_owner
 from cdc.errors import ConfigError
 from cdc.mapping import resolve
 from cdc.sink import Sink
+from cdc.state import MAIN_STREAM, StreamState
 from cdc.types import ZERO_TIME, Namespace
 from ops.config import Config
 
@@ -78,8 +79,16 @@ async def recopy(config: Config, namespace: Namespace, ids: list[Any] | None) ->
     store = await ChunkStore.connect(config.target.dsn, schema, default_owner(),
                                      config.backfill.lease_seconds)
     try:
+        # The stream's DDL decisions say which table the name feeds and where that
+        # table's documents are read now (after renames followed under ``follow``).
+        state = StreamState(sink.pool, schema)
+        target = (await state.ddl_decisions(MAIN_STREAM)).table_of(namespace)
+        if target is None:
+            raise ConfigError(f"the table of {namespace} is marked by a DDL policy: it"
+                              " receives nothing more", key="--namespace")
+        namespace = target
         bf = Backfill(client=client, sink=sink, store=store, config=config.backfill,
-                      stream_start=ZERO_TIME)
+                      stream_start=ZERO_TIME, locate=state.locator(MAIN_STREAM))
         if ids is not None:
             found = await bf.copy_ids(namespace, ids)
             log.info("documents copied again", extra={"fields": {

@@ -51,7 +51,19 @@ def coll_mod(ctx: Ctx) -> Reply:
     return {"ok": 1.0}
 
 
+def kill_reads(sb: Sandbox, ns: str, reason: str) -> None:
+    """Mark the open query cursors of collection ``ns`` killed: renameCollection and drop
+    invalidate them, interrupting queries that are still returning data (change streams
+    learn of the DDL from their events instead)."""
+    from ops.sandbox.changestream import StreamCursor
+
+    for cursor in sb.cursors.values():
+        if cursor.ns == ns and not isinstance(cursor, StreamCursor):
+            cursor.killed = reason
+
+
 def drop_collection(sb: Sandbox, coll: Collection) -> None:
+    kill_reads(sb, coll.ns, f"collection dropped: {coll.ns}")
     sb.store.drop(coll.db, coll.name)
     sb.ddl_event("drop", coll.db, coll.name, uuid=coll.uuid)
 
@@ -91,6 +103,7 @@ def rename_collection(ctx: Ctx) -> Reply:
         if not ctx.body.get("dropTarget"):
             raise CommandError(48, f"target namespace exists: {target}")
         drop_collection(sb, existing)
+    kill_reads(sb, coll.ns, f"collection renamed from '{source}' to '{target}'")
     sb.store.drop(sdb, sname)
     coll.db, coll.name = tdb, tname
     sb.store.attach(coll)

@@ -127,6 +127,9 @@ def get_more(ctx: Ctx) -> Any:
     cursor = ctx.sb.cursors.get(cursor_id)
     if cursor is None:
         raise CommandError(43, f"cursor id {cursor_id} not found")
+    if cursor.killed is not None:
+        ctx.sb.cursors.pop(cursor_id, None)
+        raise CommandError(175, f"query plan killed :: caused by :: {cursor.killed}")
     size = ctx.body.get("batchSize")
     from ops.sandbox.changestream import StreamCursor
 

@@ -31,6 +31,9 @@ class Cursor:
     id: int = 0
     ns: str = ""
     exhausted: bool = False
+    killed: str | None = None
+    """Why the server killed this cursor (its collection was renamed or dropped): the
+    next ``getMore`` fails with QueryPlanKilled, as on a real server."""
 
     def batch(self, size: int | None) -> list[Any]:
         raise NotImplementedError

@@ -23,7 +23,7 @@ CODE_NAMES = {
     13435: "NotPrimaryNoSecondaryOk", 13436: "NotPrimaryOrSecondary", 6: "HostUnreachable",
     7: "HostNotFound", 40324: "UnknownStage", 40415: "UnknownField", 40573: "InvalidOptions",
     63: "StaleShardVersion", 150: "StaleEpoch", 13388: "StaleConfig", 234: "RetryChangeStream",
-    133: "FailedToSatisfyReadPreference", 9001: "SocketException",
+    133: "FailedToSatisfyReadPreference", 9001: "SocketException", 175: "QueryPlanKilled",
 }
 
 

@@ -201,6 +201,27 @@ def test_get_more_on_unknown_cursor_is_43(db: Db) -> None:
     assert info.value.code == 43
 
 
+@pytest.mark.parametrize("ddl", ["rename", "drop"])
+def test_rename_or_drop_kills_open_queries_on_the_collection_with_175(
+        db: Db, ddl: str) -> None:
+    """renameCollection and drop invalidate the collection's open cursors: the next
+    getMore fails with QueryPlanKilled; cursors on other collections go on."""
+    db.a.insert_many([{"_id": i} for i in range(10)])
+    db.other.insert_many([{"_id": i} for i in range(10)])
+    reading = db.a.find(batch_size=3)
+    elsewhere = db.other.find(batch_size=3)
+    assert [next(reading)["_id"] for _ in range(3)] == [0, 1, 2]
+    assert [next(elsewhere)["_id"] for _ in range(3)] == [0, 1, 2]
+    if ddl == "rename":
+        db.a.rename("b")
+    else:
+        db.a.drop()
+    with pytest.raises(OperationFailure) as info:
+        next(reading)
+    assert info.value.code == 175
+    assert [d["_id"] for d in elsewhere] == list(range(3, 10))
+
+
 def test_range_comparisons_are_type_bracketed(db: Db) -> None:
     db.c.insert_many([{"_id": i} for i in (1, 5, 7.5, "a", "z", MinKey(), MaxKey())])
     numbers = [d["_id"] for d in db.c.find({"_id": {"$gte": 5}}).sort("_id", 1)]

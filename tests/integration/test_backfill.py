@@ -376,7 +376,41 @@ async def test_a_chunk_whose_read_failed_midway_is_read_again(
         chunks = [(r[2], r[3]) for r in chunk_rows(pg_dsn) if r[0] == str(ns)]
         assert {status for status, _ in chunks} == {"done"}
         assert sorted(attempts for _, attempts in chunks)[-2:] == [1, 2]  # one read again
-        assert compare(mongo_uri, pg_dsn, [ns]).documents == 100
-        assert compare(mongo_uri, pg_dsn, [ns]).mismatches == 0
+        result = compare(mongo_uri, pg_dsn, [ns])
+        assert result.documents == 100 and result.mismatches == 0
+    finally:
+        await client.close()
+
+
+async def test_a_rename_under_follow_in_the_middle_of_a_chunk_read_is_followed(
+    mongo_uri: str, pg_dsn: str
+) -> None:
+    """The rename kills the chunk's cursor (QueryPlanKilled); the chunk is read again,
+    from the new name, and every document lands in the table of the old one."""
+    db = fresh_db()
+    old, new = Namespace(db, "a"), Namespace(db, "b")
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+    try:
+        await client[db]["a"].insert_many([{"_id": i, "v": i} for i in range(300)])
+        async with pipeline(mongo_uri, pg_dsn, [f"{db}.*"], ddl_default="follow") as p:
+            renamed: list[bool] = []
+
+            async def rename_once(batch: Batch) -> None:
+                if not renamed and batch.changes:
+                    renamed.append(True)
+                    await client[db]["a"].rename("b")
+                    await p.caught_up()  # the tailer has recorded the rename
+
+            config = BackfillConfig(workers=1, chunk_documents=1000, batch_size=10,
+                                    read_batch_documents=10)
+            bf = p.backfill(config, sink=HookedSink(p.sink, rename_once))
+            assert await bf.run([old]) is True
+            await p.caught_up()
+        assert renamed
+        chunks = [r for r in chunk_rows(pg_dsn) if r[0] == str(old)]
+        assert max(r[3] for r in chunks) == 2  # the chunk being read was read again
+        with MongoClient[dict[str, Any]](mongo_uri) as mongo:
+            result = compare_all(mongo, pg_dsn, [new], lambda _: mapper_for(old))
+        assert result.documents == 300 and result.mismatches == 0
     finally:
         await client.close()

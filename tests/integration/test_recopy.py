@@ -8,12 +8,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import anyio
 import psycopg
 from psycopg import sql
 from pymongo import MongoClient
 
 from cdc.types import Namespace
-from tests.integration.backfill_support import compare
+from ops.compare import compare_all
+from tests.integration.backfill_support import compare, mapper_for, pipeline
 from tests.integration.daemon_support import ROOT, write_config
 
 
@@ -90,3 +92,38 @@ def test_recopy_rejects_a_bad_id_or_namespace_and_changes_nothing(
     assert missing.returncode == 2 and "--ids-file" in missing.stderr
     with psycopg.connect(pg_dsn) as conn:  # nothing was created on the target
         assert conn.execute("SELECT to_regclass(%s)", (f'"{db}".c',)).fetchone() == (None,)
+
+
+def test_recopy_of_a_collection_renamed_under_follow_reads_its_new_name_into_its_table(
+    mongo_uri: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    """After ``a → b`` under follow, ``a``'s table is fed from ``b``: a re-copy named by
+    either name reads ``b`` into that table (no table of ``b``'s own)."""
+    db = f"rr_{uuid.uuid4().hex[:8]}"
+    old, new = Namespace(db, "a"), Namespace(db, "b")
+    cfg = tmp_path / "m.toml"
+    write_config(cfg, mongo_uri=mongo_uri, dsn=pg_dsn, include=[f"{db}.*"],
+                 ddl_default="follow")
+
+    async def follow_a_rename() -> None:
+        async with pipeline(mongo_uri, pg_dsn, [f"{db}.*"], ddl_default="follow") as p:
+            await p.client[db]["a"].insert_many([{"_id": i, "v": i} for i in range(40)])
+            await p.client[db]["a"].rename("b")
+            await p.caught_up()
+
+    anyio.run(follow_a_rename)
+    with MongoClient[dict[str, Any]](mongo_uri) as mongo:
+        execute(pg_dsn, sql.SQL("DELETE FROM {} WHERE _id IN ('1', '2')").format(
+            sql.Identifier(db, "a")))
+        by_old = recopy(cfg, "--namespace", f"{db}.a")
+        assert by_old.returncode == 0, by_old.stderr
+        result = compare_all(mongo, pg_dsn, [new], lambda _: mapper_for(old))
+        assert result.documents == 40 and result.mismatches == 0
+        execute(pg_dsn, sql.SQL("DELETE FROM {} WHERE _id = '3'").format(
+            sql.Identifier(db, "a")))
+        by_new = recopy(cfg, "--namespace", f"{db}.b", "--id", "3")
+        assert by_new.returncode == 0, by_new.stderr
+        result = compare_all(mongo, pg_dsn, [new], lambda _: mapper_for(old))
+        assert result.documents == 40 and result.mismatches == 0
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT to_regclass(%s)", (f'"{db}"."b"',)).fetchone() == (None,)

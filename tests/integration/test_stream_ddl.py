@@ -117,6 +117,44 @@ def test_follow_policy_applies_the_renamed_collection_to_the_old_table(
     anyio.run(main)
 
 
+def test_a_collection_re_created_under_a_followed_old_name_does_not_mix_into_its_table(
+        mongo_uri: str, pg_dsn: str) -> None:
+    """``old`` renamed to ``new`` under follow: ``new`` feeds the table of ``old``. A new
+    collection then created as ``old`` would feed the same table and mix two collections'
+    documents; it is not applied (a warning says so), before and after a restart."""
+    db = unique_db()
+
+    async def main() -> None:
+        client = mongo(mongo_uri)
+        async with open_sink(pg_dsn) as sink:
+            config = StreamConfig(batch_max_ms=50, max_await_ms=50, ddl_default="follow")
+            tailer = Tailer(client=client, sink=sink, include=[f"{db}.*"], config=config)
+            await tailer.run_once()
+            await client[db]["old"].insert_many([{"_id": i, "v": "first"} for i in range(3)])
+            await client[db]["old"].rename("new")
+            await client[db]["old"].insert_many([{"_id": i, "v": "second"} for i in range(5)])
+            await client[db]["new"].update_one({"_id": 0}, {"$set": {"v": "moved"}})
+            await catch_up(tailer, client, step=True)
+            await tailer.close()
+            again = Tailer(client=client, sink=sink, include=[f"{db}.*"], config=config)
+            await client[db]["old"].update_many({}, {"$set": {"v": "second, later"}})
+            await client[db]["new"].delete_one({"_id": 2})
+            await catch_up(again, client, step=True)
+            await again.close()
+        conn = await pg_connect(pg_dsn)
+        try:
+            query = f'SELECT _id, doc->>\'v\' AS v FROM "{db}"."old" ORDER BY _id'  # noqa: S608
+            got = [(r["_id"], r["v"]) for r in await conn.fetch(query)]
+            other = await conn.fetchval(f"SELECT to_regclass('\"{db}\".\"new\"')::text")
+        finally:
+            await conn.close()
+        assert got == [("0", "moved"), ("1", "first")]
+        assert other is None
+        await client.close()
+
+    anyio.run(main)
+
+
 def test_drop_database_invalidates_a_database_stream_without_wedging_it(
         mongo_uri: str, pg_dsn: str) -> None:
     db = unique_db()
