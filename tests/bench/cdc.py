@@ -24,6 +24,12 @@ throwaway PostgreSQL, then measures in the same run:
   max, and drift — p99 of the first vs the last third of the run and the least-squares
   slope of lag over time (ms per minute); ``--lag-seconds 120`` is the 2-minute run.
 
+Beside each catch-up, the CPU seconds each process spent on it (from ``/proc``): the
+tailer's (this process), the sandbox's and PostgreSQL's (the postmaster and its
+backends, those that exited included) — on a machine of 2 cores the three share, their
+sum over the tailer's seconds says how busy the machine was, and PostgreSQL's alone
+whether one backend applying in order was the limit.
+
 Default ``--events 20000`` (was 6,000): with one apply of 5,000 events taking longer
 than reading them, the tailer applies while it reads ahead, so a run of only two
 batches mostly measures pipeline fill (the first reply is read before anything can be
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -68,6 +75,46 @@ from ops.pgtemp import TempPostgres
 from tests.bench.sink import make_doc
 
 CONTROL = "mongo2pg"
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (None: gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+class CpuClock:
+    """CPU seconds (user + system) of the tailer's process, the sandbox's and
+    PostgreSQL's: the postmaster with its live children and those it has reaped."""
+
+    def __init__(self, sandbox_pid: int, postmaster_pid: int) -> None:
+        self.sandbox_pid = sandbox_pid
+        self.postmaster_pid = postmaster_pid
+
+    def read(self) -> tuple[float, float, float]:
+        def own(fields: list[str] | None, children: bool = False) -> float:
+            if fields is None:
+                return 0.0
+            ticks = int(fields[11]) + int(fields[12])
+            if children:
+                ticks += int(fields[13]) + int(fields[14])
+            return ticks / _TICKS
+
+        pg = own(_stat(self.postmaster_pid), children=True)
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                fields = _stat(int(entry))
+                if fields is not None and int(fields[1]) == self.postmaster_pid:
+                    pg += own(fields)
+        return own(_stat(os.getpid())), own(_stat(self.sandbox_pid)), pg
+
+
+def postmaster_pid(pg: TempPostgres) -> int:
+    return int((pg.data / "postmaster.pid").read_text().split()[0])
 
 
 def clone_shape(shape: TableShape, name: str) -> TableShape:
@@ -388,6 +435,10 @@ class Result(msgspec.Struct, frozen=True):
     seen: int
     t_read: float
     t_merge: float
+    cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """CPU seconds of the tailer's process, the sandbox and PostgreSQL during catch-up."""
+    cpu_merge: float = 0.0
+    """PostgreSQL's CPU seconds during C_merge."""
 
 
 def best(results: list[Result]) -> list[Result]:
@@ -396,14 +447,16 @@ def best(results: list[Result]) -> list[Result]:
     for kind in dict.fromkeys(r.kind for r in results):
         runs = [r for r in results if r.kind == kind]
         fastest = min(runs, key=lambda r: r.t_tail)
+        merge = min(runs, key=lambda r: r.t_merge)
         out.append(msgspec.structs.replace(
-            fastest, t_merge=min(r.t_merge for r in runs),
+            fastest, t_merge=merge.t_merge, cpu_merge=merge.cpu_merge,
             t_read=min(r.t_read for r in runs)))
     return out
 
 
 async def catch_up(client: AsyncMongoClient[Any], sink: Sink, dsn: str, kind: str,
-                   args: argparse.Namespace, rnd: random.Random, tag: str = "") -> Result:
+                   args: argparse.Namespace, rnd: random.Random, clock: CpuClock,
+                   tag: str = "") -> Result:
     base = 0 if kind == "insert" else max(args.base, args.events)
     scenario = Scenario(kind, args.events, base, rnd, tag)
     await scenario.load_base(client, sink, dsn)
@@ -418,21 +471,27 @@ async def catch_up(client: AsyncMongoClient[Any], sink: Sink, dsn: str, kind: st
     timed = TimedSink(sink)
     tailer = Tailer(client=client, sink=timed, include=[str(scenario.ns)], config=config,
                     stream_name=scenario.name, state=StreamState(sink.pool, CONTROL))
+    cpu_before = clock.read()
     began = time.perf_counter()
     while tailer.last_applied < target:
         await tailer.run_once()
     t_tail = time.perf_counter() - began
+    cpu_after = clock.read()
     await tailer.close()
     t_read, seen = await read_ceiling(client, scenario, start, target, args.batch)
     batches = -(-args.events // args.batch)
+    pg_before = clock.read()[2]
     t_merge = await merge_ceiling(client, dsn, scenario, touched, batches)
+    pg_merge = clock.read()[2] - pg_before
     print(f"  {kind}: tailer {t_tail:.2f} s, read {t_read:.2f} s, merge {t_merge:.3f} s",
           flush=True)
+    cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1],
+           cpu_after[2] - cpu_before[2])
     return Result(kind, args.events, len(touched), t_tail, timed.seconds, timed.batches,
-                  seen, t_read, t_merge)
+                  seen, t_read, t_merge, cpu, pg_merge)
 
 
-async def run(args: argparse.Namespace, uri: str, dsn: str) -> None:
+async def run(args: argparse.Namespace, uri: str, dsn: str, clock: CpuClock) -> None:
     rnd = random.Random(args.seed)
     client: AsyncMongoClient[Any] = AsyncMongoClient(uri)
     sink = await Sink.open(dsn, CONTROL, mapper_for)
@@ -441,7 +500,7 @@ async def run(args: argparse.Namespace, uri: str, dsn: str) -> None:
     try:
         for n in range(args.repeat):
             for kind in args.scenarios.split(","):
-                results.append(await catch_up(client, sink, dsn, kind, args, rnd,
+                results.append(await catch_up(client, sink, dsn, kind, args, rnd, clock,
                                               f"_{n}" if n else ""))
         results = best(results)
         if args.lag_seconds > 0:
@@ -479,6 +538,15 @@ def report(args: argparse.Namespace, results: list[Result], lag: LagRun | None) 
               f"{r.seen / r.t_read:>13,.0f}{r.t_merge:>11.3f}{r.t_tail:>10.3f}"
               f"{r.t_merge / r.t_tail:>7.3f}{r.t_sink:>8.3f}{r.t_tail - r.t_sink:>7.3f}"
               f"{r.batches:>6}")
+    cpu_head = (f"{'scenario':<9}{'tailer s':>10}{'tailer CPU':>12}{'sandbox CPU':>13}"
+                f"{'PG CPU':>8}{'busy':>7}{'C_merge s':>11}{'PG CPU':>8}")
+    print(f"\nCPU seconds during catch-up (busy = all three / tailer s; 2.0 = both cores)"
+          f"\n\n{cpu_head}\n{'-' * len(cpu_head)}")
+    for r in results:
+        tail_cpu, sandbox_cpu, pg_cpu = r.cpu
+        print(f"{r.kind:<9}{r.t_tail:>10.3f}{tail_cpu:>12.2f}{sandbox_cpu:>13.2f}"
+              f"{pg_cpu:>8.2f}{sum(r.cpu) / r.t_tail:>7.2f}{r.t_merge:>11.3f}"
+              f"{r.cpu_merge:>8.2f}")
     print("\nratio = C_merge seconds / tailer seconds for the same net changes (target"
           " >= 0.60); C_read = bare change-stream read of the same events (source"
           " ceiling); sink s = tailer time inside Sink.apply, own s = the rest (reading,"
@@ -532,7 +600,7 @@ def main() -> None:
     dsn = pg.start()
     tune_gc()  # the tailer runs in this process: with the daemon's GC settings
     try:
-        anyio.run(run, args, uri, dsn)
+        anyio.run(run, args, uri, dsn, CpuClock(proc.pid, postmaster_pid(pg)))
     finally:
         pg.stop()
         proc.terminate()
