@@ -25,6 +25,7 @@ from cdc.types import Namespace
 from tests.integration.backfill_support import (
     CONTROL,
     HookedSink,
+    Pipeline,
     chunk_rows,
     compare,
     pipeline,
@@ -96,6 +97,38 @@ def connection_limit(pg_dsn: str, role: str, limit: int) -> None:
             psycopg.sql.Identifier(role), psycopg.sql.Literal(limit)))
 
 
+async def copy_while_refused(p: Pipeline, pg_dsn: str, ns: Namespace, seconds: float) -> None:
+    """Copy ``ns`` (one worker) with a chunk table whose connection is cut during the
+    first batch and whose reconnects are refused for ``seconds`` (no connection allowed
+    for its role meanwhile); the copy must end all the same."""
+    role, role_dsn = limited_role(pg_dsn)
+    store = await ChunkStore.connect(role_dsn, CONTROL, "limited", lease_seconds=30)
+    refused = anyio.Event()
+
+    async def hook(batch: Batch) -> None:
+        if batch.changes and not refused.is_set():
+            connection_limit(pg_dsn, role, 0)
+            terminate(pg_dsn, store.conn.info.backend_pid)
+            refused.set()
+
+    config = BackfillConfig(workers=1, chunk_documents=20, batch_size=10,
+                            read_batch_documents=10)
+    bf = Backfill(client=p.client, sink=HookedSink(p.sink, hook), store=store,
+                  config=config, stream_start=p.start)
+
+    async def allow_later() -> None:
+        await refused.wait()
+        await anyio.sleep(seconds)
+        connection_limit(pg_dsn, role, -1)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(allow_later)
+            assert await bf.run([ns]) is True
+    finally:
+        await store.close()
+
+
 async def test_a_chunk_table_connection_that_cannot_be_reopened_yet_is_retried_not_fatal(
     mongo_uri: str, pg_dsn: str
 ) -> None:
@@ -108,32 +141,7 @@ async def test_a_chunk_table_connection_that_cannot_be_reopened_yet_is_retried_n
     try:
         await client[db]["c"].insert_many([{"_id": i, "v": i} for i in range(60)])
         async with pipeline(mongo_uri, pg_dsn, [f"{db}.c"]) as p:
-            role, role_dsn = limited_role(pg_dsn)
-            store = await ChunkStore.connect(role_dsn, CONTROL, "limited", lease_seconds=30)
-            refused = anyio.Event()
-
-            async def hook(batch: Batch) -> None:
-                if batch.changes and not refused.is_set():
-                    connection_limit(pg_dsn, role, 0)
-                    terminate(pg_dsn, store.conn.info.backend_pid)
-                    refused.set()
-
-            config = BackfillConfig(workers=1, chunk_documents=20, batch_size=10,
-                                    read_batch_documents=10)
-            bf = Backfill(client=p.client, sink=HookedSink(p.sink, hook), store=store,
-                          config=config, stream_start=p.start)
-
-            async def allow_later() -> None:
-                await refused.wait()
-                await anyio.sleep(1.5)  # several reconnects are refused meanwhile
-                connection_limit(pg_dsn, role, -1)
-
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(allow_later)
-                    assert await bf.run([ns]) is True
-            finally:
-                await store.close()
+            await copy_while_refused(p, pg_dsn, ns, 1.5)  # several reconnects refused
             await p.caught_up()
         assert {r[2] for r in chunk_rows(pg_dsn)} == {"done"}
         assert compare(mongo_uri, pg_dsn, [ns]).mismatches == 0
@@ -309,32 +317,7 @@ async def test_workers_back_off_together_while_the_chunk_table_is_unreachable(
     try:
         await client[db]["c"].insert_many([{"_id": i, "v": i} for i in range(60)])
         async with pipeline(mongo_uri, pg_dsn, [f"{db}.c"]) as p:
-            role, role_dsn = limited_role(pg_dsn)
-            store = await ChunkStore.connect(role_dsn, CONTROL, "limited", lease_seconds=30)
-            refused = anyio.Event()
-
-            async def hook(batch: Batch) -> None:
-                if batch.changes and not refused.is_set():
-                    connection_limit(pg_dsn, role, 0)
-                    terminate(pg_dsn, store.conn.info.backend_pid)
-                    refused.set()
-
-            config = BackfillConfig(workers=1, chunk_documents=20, batch_size=10,
-                                    read_batch_documents=10)
-            bf = Backfill(client=p.client, sink=HookedSink(p.sink, hook), store=store,
-                          config=config, stream_start=p.start)
-
-            async def allow_later() -> None:
-                await refused.wait()
-                await anyio.sleep(2)
-                connection_limit(pg_dsn, role, -1)
-
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(allow_later)
-                    assert await bf.run([ns]) is True
-            finally:
-                await store.close()
+            await copy_while_refused(p, pg_dsn, ns, 2)
         failed = [r for r in caplog.records
                   if r.getMessage() == "backfill step failed; retrying"]
         assert 2 <= len(failed) <= 4, f"{len(failed)} attempts failed in 2 s"
