@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from pymongo import MongoClient
 
 from cdc.sink.migrations import migrate_sync
 from cdc.types import Namespace
-from ops.sandbox import start_sandbox
 from tests.integration.backfill_support import CONTROL, compare
 from tests.integration.daemon_support import (
     phase,
@@ -104,16 +102,6 @@ def test_a_connection_lost_while_the_phase_is_written_is_retried_not_fatal(
     assert rc == 0, log.read_text()[-3000:]
     result = compare(mongo_uri, pg_dsn, [Namespace(db, "c")])
     assert (result.documents, result.mismatches) == (200, 0)
-
-
-@pytest.fixture
-def small_oplog_uri() -> Iterator[str]:
-    """A sandbox of its own whose oplog keeps only 300 entries (history is lost fast)."""
-    handle = start_sandbox(port=0, oplog_max_entries=300)
-    try:
-        yield handle.uri
-    finally:
-        handle.stop()
 
 
 @pytest.mark.sandbox_only

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +10,8 @@ import pytest
 from pymongo import MongoClient
 
 from cdc.types import Namespace
-from ops.sandbox import start_sandbox
 from tests.integration.backfill_support import compare
 from tests.integration.daemon_support import phase, start_daemon, stop, wait_for, write_config
-
-
-@pytest.fixture
-def small_oplog_uri() -> Iterator[str]:
-    """A sandbox of its own whose oplog keeps only 300 entries (history is lost fast)."""
-    handle = start_sandbox(port=0, oplog_max_entries=300)
-    try:
-        yield handle.uri
-    finally:
-        handle.stop()
 
 
 @pytest.mark.sandbox_only
