@@ -251,7 +251,11 @@ class Tailer:
             return await self._too_large()
         requested = self._requested()
         if self._careful:
-            self._careful = max(0, self._careful - 1) if reply.events else 0
+            left = max(0, self._careful - 1) if reply.events else 0
+            # Until the batch holding an event read in place (_skip) commits, one event
+            # per reply: another one too large to return (say, later in its transaction)
+            # must be pinned down too, not make the stream reread it from the checkpoint.
+            self._careful = max(left, 1 if self._letters and reply.events else 0)
             if not self._careful and self._cursor is not None:
                 self._cursor.batch_size = self._requested()
         cursor = self._cursor

@@ -191,14 +191,17 @@ def test_a_source_transaction_with_an_oversized_event_is_applied_in_one_batch(
                 sink = RecordingSink(real)
                 tailer = Tailer(client=client, sink=sink, include=[ns], config=CONFIG)
                 await tailer.run_once()
-                await coll.insert_one({"_id": 1, "v": "a" * BIG})
+                await coll.insert_many([{"_id": 1, "v": "a" * BIG}, {"_id": 2, "v": "a" * BIG}])
                 await catch_up(tailer, client, step=True)
-                # One transaction: a small insert, an update whose event is over 16 MiB
-                # (pinned down and re-fetched by _id), another small insert.
+                # One transaction: small inserts around two updates whose events are over
+                # 16 MiB (each pinned down and re-fetched by _id).
                 async with client.start_session() as session:
                     async with await session.start_transaction():
                         await coll.insert_one({"_id": "before"}, session=session)
                         await coll.update_one({"_id": 1}, {"$set": {"v": "b" * BIG}},
+                                              session=session)
+                        await coll.insert_one({"_id": "between"}, session=session)
+                        await coll.update_one({"_id": 2}, {"$set": {"v": "b" * BIG}},
                                               session=session)
                         await coll.insert_one({"_id": "after"}, session=session)
                     assert session.operation_time is not None
@@ -211,8 +214,8 @@ def test_a_source_transaction_with_an_oversized_event_is_applied_in_one_batch(
                 await tailer.close()
             batches = [sorted(str(bson.decode(c.id_bson)["_id"]) for c in b.changes)
                        for b in sink.batches if b.changes]
-            assert ["1", "after", "before"] in batches, batches
-            assert await letters(pg_dsn) == [(1, True)]
+            assert ["1", "2", "after", "before", "between"] in batches, batches
+            assert await letters(pg_dsn) == [(1, True), (2, True)]
         finally:
             await client.close()
 
