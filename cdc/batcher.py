@@ -104,6 +104,15 @@ class Accumulator:
             self._settled.append(event)
             self._position = Position(event.token, event.cluster_time)
 
+    @property
+    def held_until(self) -> Position | None:
+        """The position of the last event of the open transaction group (``None``: no
+        group is open): where the stream has been read up to, past the checkpoint."""
+        if not self._open:
+            return None
+        last = self._open[-1]
+        return Position(last.token, last.cluster_time)
+
     def end_of_reply(self, *, count: int, requested: int, post_batch_token: bytes | None,
                      reply_time: ClusterTime | None) -> None:
         """Record the end of one server reply of ``count`` events (``requested`` asked)."""

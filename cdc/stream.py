@@ -43,8 +43,9 @@ new name feed the old table (the stream is reopened with the new name in its fil
 (``$changeStreamSplitLargeEvent``). A read that still fails (``BSONObjectTooLarge``, on
 ``aggregate`` or ``getMore``) switches to one event per reply from the checkpoint; a
 failure then pins the culprit down as the very next event, which is read again without
-its bodies, dead-lettered with its ``documentKey`` in the same transaction as the
-checkpoint past it, and re-fetched by ``_id`` (labelled with its event's time).
+its bodies, re-fetched by ``_id`` (labelled with its event's time) and batched in its
+place — with the rest of its source transaction — its ``documentKey`` dead-lettered in
+the same transaction as the checkpoint past it.
 """
 
 from __future__ import annotations
@@ -55,12 +56,13 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import msgspec
 from bson.raw_bson import RawBSONDocument
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
 from cdc import metrics
-from cdc.batch import Batch, Change, Checkpoint, Letter, Op, Origin
+from cdc.batch import Batch, Checkpoint, Letter
 from cdc.batcher import Accumulator, Position, to_changes
 from cdc.cursor import (
     RAW,
@@ -143,6 +145,11 @@ class Tailer:
         self._ahead = ReadAhead(cap=config.batch_max_events, max_await_ms=config.max_await_ms)
         self._careful = 0
         """Events still to be read one per reply after an event too large to return."""
+        self._reopen_at: Position | None = None
+        """Where the next open resumes while keeping what is pending (past an event too
+        large to return, put in the accumulator in its place by :meth:`_skip`)."""
+        self._letters: dict[bytes, Letter] = {}
+        """Dead letters of such events (by token), committed with the batch applying them."""
         self._reading_ahead = False
         self._drop_later = False
 
@@ -244,7 +251,11 @@ class Tailer:
             return await self._too_large()
         requested = self._requested()
         if self._careful:
-            self._careful = max(0, self._careful - 1) if reply.events else 0
+            left = max(0, self._careful - 1) if reply.events else 0
+            # Until the batch holding an event read in place (_skip) commits, one event
+            # per reply: another one too large to return (say, later in its transaction)
+            # must be pinned down too, not make the stream reread it from the checkpoint.
+            self._careful = max(left, 1 if self._letters and reply.events else 0)
             if not self._careful and self._cursor is not None:
                 self._cursor.batch_size = self._requested()
         cursor = self._cursor
@@ -407,10 +418,17 @@ class Tailer:
         return when
 
     async def _open(self) -> Reply:
+        resume, self._reopen_at = self._reopen_at, None
         await self._drop_cursor()
-        start = self._start_at()
-        self._acc.start_at(self._committed)
         self._assembler.reset()
+        if resume is not None:
+            # Right after an event read in place by _skip: what is pending stays (it is
+            # the stream from the checkpoint up to that event, a transaction maybe open).
+            start = StartAt(resume_after=resume.token)
+        else:
+            start = self._start_at()
+            self._acc.start_at(self._committed)
+            self._letters.clear()
         while True:
             cursor = ChangeStreamCursor(
                 self._client, patterns=self._include, extra_namespaces=list(self._aliases),
@@ -443,6 +461,7 @@ class Tailer:
 
     async def _drop_cursor(self) -> None:
         self._ahead.clear()
+        self._reopen_at = None  # a reopen after a failure starts from the checkpoint
         cursor, self._cursor = self._cursor, None
         if cursor is not None:
             with anyio.move_on_after(2):
@@ -542,9 +561,17 @@ class Tailer:
         batch = Batch(changes, Checkpoint(self.stream_name, position.token,
                                           position.cluster_time.packed),
                       after=self._after(), coalesced=True)
+        lettered = [e.token for e in pending.events if e.token in self._letters
+                    ] if self._letters else []
+        batch.letters.extend(self._letters[token] for token in lettered)
         began = time.perf_counter()
         result = await self._sink.apply(batch)
         _count_dead_letters(result)
+        for token in lettered:
+            letter = self._letters.pop(token)
+            metrics.DEAD_LETTERS.labels(letter.namespace).inc()
+            log.warning("change event too large: dead-lettered, re-fetched by _id",
+                        extra={"fields": {"namespace": letter.namespace}})
         metrics.APPLY_DURATION.labels(self.stream_name).observe(time.perf_counter() - began)
         metrics.BATCH_SIZE.labels(self.stream_name).observe(len(pending.events))
         for (namespace, op), n in counts.items():
@@ -621,28 +648,36 @@ class Tailer:
         The failed reply's events are unknown, so the first failure only switches to
         reading one event per reply from the last committed position (``_careful``).
         A failure then means the event right after the last one read is the culprit:
-        what was read is committed, and that exact event is skipped (:meth:`_skip`)."""
+        what was read is committed — except an open source transaction, which the culprit
+        may belong to — and that exact event is read in its place (:meth:`_skip`)."""
         if not self._careful:
             self._careful = self._acc.settled + self._acc.held + self._config.batch_max_events
             await self._drop_cursor()  # reopens from the checkpoint, one event per reply
             return 0
-        self._acc.close_group()
-        await self._flush()
+        await self._flush()  # an open transaction group stays pending, kept whole
+        after = self._acc.held_until
         await self._drop_cursor()
-        if await self._skip():
-            self._careful = 0
+        if await self._skip(after):
+            # The next event is read alone too: if it is too large as well, what is
+            # pending (the culprit included) is there to commit before it is skipped.
+            self._careful = 1
         return 1
 
-    async def _skip(self) -> bool:
-        """Dead-letter the next event after the checkpoint (read without its bodies) and
-        re-fetch its document by ``_id``, in one transaction with the checkpoint past it.
-        False when no event could be read yet (the next step tries again)."""
+    async def _skip(self, after: Position | None) -> bool:
+        """Read the next event after ``after`` (else after the checkpoint) without its
+        bodies and add it to the accumulator in its place, its document re-fetched by
+        ``_id``; its dead letter commits with the batch that applies it, with the
+        checkpoint past it. The stream then reopens right after it, keeping what is
+        pending: a source transaction around it stays one batch, and nothing after it
+        counts as applied before the rest of that transaction is. False when no event
+        could be read yet (the next step tries again)."""
         side = ChangeStreamCursor(
             self._client, patterns=self._include, extra_namespaces=list(self._aliases),
             full_document=self._config.full_document, split_large_events=False,
             batch_size=1, strip_bodies=True)
         try:
-            reply = await side.open(self._start_at())
+            reply = await side.open(StartAt(resume_after=after.token) if after is not None
+                                    else self._start_at())
             if not reply.events:
                 reply = await side.next_batch(self._config.max_await_ms)
         finally:
@@ -651,39 +686,23 @@ class Tailer:
             return False
         raw = reply.events[0]
         event = decode_event(RawBSONDocument(raw, RAW))
-        position = Position(event.token, event.cluster_time)
-        checkpoint = Checkpoint(self.stream_name, position.token, position.cluster_time.packed)
         target = self._resolve(event.ns) if isinstance(event, Insert | Update | Replace | Delete
                                                        ) else None
-        batch = Batch([], checkpoint, after=self._after())
         if isinstance(event, Insert | Update | Replace | Delete) and target is not None:
             id_bson = id_document(event.document_key)
-            version = event.cluster_time.packed
-            if isinstance(event, Delete):
-                batch.changes.append(Change(target, id_bson, version, Op.DELETE, None,
-                                            Origin.STREAM))
-            else:
+            found = True
+            if not isinstance(event, Delete):
                 # Like updateLookup: the current document, labelled with the event's time;
                 # gone means a later delete event (or its collection's drop) settles it.
                 doc = await current_document(self._client, event.ns, event.token, id_bson,
                                              self._follows)
-                if doc is not None:
-                    batch.changes.append(Change(target, id_bson, version, Op.UPSERT, doc,
-                                                Origin.STREAM))
-            batch.letters.append(Letter(
-                namespace=str(target), id_bson=id_bson, version=version, raw=raw,
-                reason="change event exceeds 16 MiB", resolved=bool(batch.changes)))
-        await self._sink.apply(batch)
-        if batch.letters:
-            metrics.DEAD_LETTERS.labels(str(target)).inc()
-            log.warning("change event too large: dead-lettered, re-fetched by _id",
-                        extra={"fields": {"namespace": str(target)}})
-        self._acc.start_at(position)
-        self._committed = position
-        self._start_after = None
-        if position.cluster_time > self._last_applied:
-            self._last_applied = position.cluster_time
-            metrics.LAST_APPLIED.labels(self.stream_name).set(self._last_applied.t)
+                found = doc is not None
+                event = msgspec.structs.replace(event, full_document=doc)
+            self._letters[event.token] = Letter(
+                namespace=str(target), id_bson=id_bson, version=event.cluster_time.packed,
+                raw=raw, reason="change event exceeds 16 MiB", resolved=found)
+        self._acc.add(event, time.monotonic())
+        self._reopen_at = Position(event.token, event.cluster_time)
         return True
 
 

@@ -19,8 +19,9 @@ from cdc.batch import Batch
 from cdc.errors import TargetUnavailable
 from cdc.retry import RetryPolicy
 from cdc.stream import StreamConfig, Tailer
+from cdc.types import ClusterTime
 from tests.integration.test_stream import catch_up
-from tests.support.tailing import CONTROL, differences, open_sink, pg_connect
+from tests.support.tailing import CONTROL, RecordingSink, differences, open_sink, pg_connect
 
 CONFIG = StreamConfig(batch_max_events=100, batch_max_ms=50, max_await_ms=50,
                       split_large_events=False,
@@ -171,6 +172,50 @@ def test_the_dead_letter_of_an_oversized_event_commits_only_with_its_batch(
                 assert sink.failed == 1
             assert await letters(pg_dsn) == [(1, True)]  # one letter, not one per attempt
             assert await differences(client, pg_dsn, [ns]) == []
+        finally:
+            await client.close()
+
+    anyio.run(main)
+
+
+def test_a_source_transaction_with_an_oversized_event_is_applied_in_one_batch(
+        mongo_uri: str, pg_dsn: str) -> None:
+    db = unique_db()
+    ns = f"{db}.c"
+
+    async def main() -> None:
+        client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
+        coll = client[db]["c"]
+        try:
+            async with open_sink(pg_dsn) as real:
+                sink = RecordingSink(real)
+                tailer = Tailer(client=client, sink=sink, include=[ns], config=CONFIG)
+                await tailer.run_once()
+                await coll.insert_many([{"_id": 1, "v": "a" * BIG}, {"_id": 2, "v": "a" * BIG}])
+                await catch_up(tailer, client, step=True)
+                # One transaction: small inserts around two updates whose events are over
+                # 16 MiB (each pinned down and re-fetched by _id).
+                async with client.start_session() as session:
+                    async with await session.start_transaction():
+                        await coll.insert_one({"_id": "before"}, session=session)
+                        await coll.update_one({"_id": 1}, {"$set": {"v": "b" * BIG}},
+                                              session=session)
+                        await coll.insert_one({"_id": "between"}, session=session)
+                        await coll.update_one({"_id": 2}, {"$set": {"v": "b" * BIG}},
+                                              session=session)
+                        await coll.insert_one({"_id": "after"}, session=session)
+                    assert session.operation_time is not None
+                    committed = ClusterTime.from_bson(session.operation_time)
+                # Once the tailer says the transaction's time is applied, all of it is.
+                with anyio.fail_after(30):
+                    while tailer.last_applied < committed:
+                        await tailer.run_once()
+                assert await differences(client, pg_dsn, [ns]) == []
+                await tailer.close()
+            batches = [sorted(str(bson.decode(c.id_bson)["_id"]) for c in b.changes)
+                       for b in sink.batches if b.changes]
+            assert ["1", "2", "after", "before", "between"] in batches, batches
+            assert await letters(pg_dsn) == [(1, True), (2, True)]
         finally:
             await client.close()
 
