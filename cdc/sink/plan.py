@@ -206,12 +206,21 @@ class NamespacePlan:
         self.staged_upserts += len(keys)
         return rows
 
-    def delete_arrays(self) -> tuple[list[bytes], list[int], list[bool]]:
-        """Keys, versions and from-stream flags of the deletes still standing (an upsert
-        mapped later may have displaced one: :attr:`losers`), for the delete statement."""
+    def delete_arrays(self) -> list[tuple[list[bytes], list[int], bool]]:
+        """Keys and versions of the deletes still standing (an upsert mapped later may
+        have displaced one: :attr:`losers`), one group per origin with its from-stream
+        flag, for the delete statement (a batch of one origin, the usual case, is one
+        group: the flag is a scalar, not an array of one value per key)."""
         gone = set(self.losers)
         kept = [d for d in self.deletes if d[3] not in gone] if gone else self.deletes
-        return [d[0] for d in kept], [d[1] for d in kept], [d[2] for d in kept]
+        groups: list[tuple[list[bytes], list[int], bool]] = []
+        for stream in (True, False):
+            mine = [d for d in kept if d[2] is stream]
+            if len(mine) == len(kept):  # all of one origin: no copy
+                return [([d[0] for d in kept], [d[1] for d in kept], stream)] if kept else []
+            if mine:
+                groups.append(([d[0] for d in mine], [d[1] for d in mine], stream))
+        return groups
 
     def staging_records(self, direct_rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """The staging form of rows :meth:`root_records` gave with ``direct``."""

@@ -464,10 +464,12 @@ class Sink:
                 if p.losers:
                     await conn.execute(nsql.drop_staged, p.losers)
                 if p.staged_deletes:
-                    keys, versions, streams = p.delete_arrays()
-                    n = await (conn.fetchval(nsql.delete, table, keys, versions, streams)
-                               if str(p.namespace) in tombstoned
-                               else conn.fetchval(nsql.delete_rows, keys, versions, streams))
+                    n = 0
+                    for keys, versions, stream in p.delete_arrays():
+                        n += await (conn.fetchval(nsql.delete, table, keys, versions, stream)
+                                    if str(p.namespace) in tombstoned
+                                    else conn.fetchval(nsql.delete_rows, keys, versions,
+                                                       stream))
                     counts = result.of(p.namespace, Op.DELETE)
                     counts.applied += n
                     counts.skipped += p.staged_deletes - n

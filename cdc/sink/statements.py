@@ -4,10 +4,11 @@ For a namespace with root table ``R`` (key ``k``) and child tables ``C…`` the 
 keeps session-local staging tables (``pg_temp``, ``ON COMMIT DELETE ROWS``, no
 constraints) that COPY fills, and runs per batch:
 
-* **delete** — one statement: pick the deletes (passed as arrays of keys, versions and
-  origins) that beat the stored state (the row's version, or the tombstone's when the
-  row is absent: newer, or equal and from the stream), delete those rows from ``R`` and
-  every ``C``, and upsert their tombstones. While no read lease of the namespace is
+* **delete** — one statement per origin present (usually one): pick the deletes (passed
+  as arrays of keys and versions, the origin as a scalar) that beat the stored state
+  (the row's version, or the tombstone's when the row is absent: newer, or equal and
+  from the stream), delete those rows from ``R`` and every ``C``, and upsert their
+  tombstones. While no read lease of the namespace is
   live (:mod:`cdc.sink.readers`), no tombstone is needed and **delete_rows** runs
   instead: it deletes the rows the deletes beat, from ``R`` and every ``C``, in one
   pass over the keys.
@@ -195,14 +196,15 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
             " AS u(k) WHERE c.{parent} = u.k)"
         ).format(n=sql.SQL(str(n)), ctarget=ctarget, parent=parent_col))
 
-    # The batch's deletes arrive as parallel arrays (keys, versions, from-stream flags):
-    # unnest yields them for index probes, one per key.
+    # The batch's deletes of one origin arrive as parallel arrays (keys, versions) and
+    # the origin as a scalar (from the stream or not): unnest yields them for index
+    # probes, one per key.
     def deletes(first: int) -> sql.Composable:
-        return sql.SQL("unnest(${}::bytea[], ${}::bigint[], ${}::boolean[]) AS x(k, v, s)"
-                       ).format(*(sql.SQL(str(first + n)) for n in range(3)))
+        return sql.SQL("unnest(${}::bytea[], ${}::bigint[]) AS x(k, v)"
+                       ).format(*(sql.SQL(str(first + n)) for n in range(2)))
 
     delete = sql.SQL(
-        "WITH c AS MATERIALIZED (SELECT x.k, x.v, x.s, greatest("
+        "WITH c AS MATERIALIZED (SELECT x.k, x.v, $4::boolean AS s, greatest("
         "(SELECT r.{v} FROM {target} r WHERE r.{k} = x.k),"
         " (SELECT tb.version FROM {ctl} tb WHERE tb.table_name = $1 AND tb.key = x.k))"
         " AS stored FROM {deletes}),"
@@ -218,7 +220,8 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
 
     delete_rows = sql.SQL(
         "WITH d AS (DELETE FROM {target} r USING {deletes}"
-        " WHERE r.{k} = x.k AND (r.{v} < x.v OR (r.{v} = x.v AND x.s)) RETURNING r.{k} AS k)"
+        " WHERE r.{k} = x.k AND (r.{v} < x.v OR (r.{v} = x.v AND $3::boolean))"
+        " RETURNING r.{k} AS k)"
         "{child_deletes}"
         " SELECT count(*) FROM d"
     ).format(deletes=deletes(1), target=target, k=k, v=v,

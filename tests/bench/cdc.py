@@ -87,6 +87,18 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
+def process_cpu(pid: int, children: bool = False) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far (and of the children it has
+    reaped, when asked); 0 once it is gone."""
+    fields = _stat(pid)
+    if fields is None:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _TICKS
+
+
 class CpuClock:
     """CPU seconds (user + system) of the tailer's process, the sandbox's and
     PostgreSQL's: the postmaster with its live children and those it has reaped."""
@@ -96,21 +108,13 @@ class CpuClock:
         self.postmaster_pid = postmaster_pid
 
     def read(self) -> tuple[float, float, float]:
-        def own(fields: list[str] | None, children: bool = False) -> float:
-            if fields is None:
-                return 0.0
-            ticks = int(fields[11]) + int(fields[12])
-            if children:
-                ticks += int(fields[13]) + int(fields[14])
-            return ticks / _TICKS
-
-        pg = own(_stat(self.postmaster_pid), children=True)
+        pg = process_cpu(self.postmaster_pid, children=True)
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 fields = _stat(int(entry))
                 if fields is not None and int(fields[1]) == self.postmaster_pid:
-                    pg += own(fields)
-        return own(_stat(os.getpid())), own(_stat(self.sandbox_pid)), pg
+                    pg += process_cpu(int(entry))
+        return process_cpu(os.getpid()), process_cpu(self.sandbox_pid), pg
 
 
 def postmaster_pid(pg: TempPostgres) -> int:
@@ -250,8 +254,9 @@ async def read_ceiling(client: AsyncMongoClient[Any], scenario: Scenario, start:
 
 
 async def merge_ceiling(client: AsyncMongoClient[Any], dsn: str, scenario: Scenario,
-                        touched: set[Any], batches: int) -> float:
-    """One perfectly batched staging+merge of the net changes (mapped beforehand)."""
+                        touched: set[Any], batches: int) -> tuple[float, float]:
+    """One perfectly batched staging+merge of the net changes (mapped beforehand): its
+    seconds, and the CPU seconds its PostgreSQL backend spent meanwhile."""
     mapper = mapper_for(scenario.ns)
     shape = clone_shape(mapper.tables()[0], f"c_merge_{scenario.name}")
     raw = client[scenario.ns.db].get_collection(scenario.ns.coll, codec_options=RAW)
@@ -286,6 +291,8 @@ async def merge_ceiling(client: AsyncMongoClient[Any], dsn: str, scenario: Scena
         n = max(1, batches)
         up_size = -(-len(upserts) // n) or 1
         del_size = -(-len(deletes) // n) or 1
+        backend = conn.get_server_pid()
+        cpu_began = process_cpu(backend)
         began = time.perf_counter()
         for b in range(n):
             ups = upserts[b * up_size:(b + 1) * up_size]
@@ -297,7 +304,7 @@ async def merge_ceiling(client: AsyncMongoClient[Any], dsn: str, scenario: Scena
                 if dels:
                     await conn.copy_records_to_table("del_stage", records=[(k,) for k in dels])
                     await conn.execute(delete)
-        return time.perf_counter() - began
+        return time.perf_counter() - began, process_cpu(backend) - cpu_began
     finally:
         await conn.close()
 
@@ -438,7 +445,7 @@ class Result(msgspec.Struct, frozen=True):
     cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """CPU seconds of the tailer's process, the sandbox and PostgreSQL during catch-up."""
     cpu_merge: float = 0.0
-    """PostgreSQL's CPU seconds during C_merge."""
+    """CPU seconds of C_merge's PostgreSQL backend during C_merge."""
 
 
 def best(results: list[Result]) -> list[Result]:
@@ -480,9 +487,7 @@ async def catch_up(client: AsyncMongoClient[Any], sink: Sink, dsn: str, kind: st
     await tailer.close()
     t_read, seen = await read_ceiling(client, scenario, start, target, args.batch)
     batches = -(-args.events // args.batch)
-    pg_before = clock.read()[2]
-    t_merge = await merge_ceiling(client, dsn, scenario, touched, batches)
-    pg_merge = clock.read()[2] - pg_before
+    t_merge, pg_merge = await merge_ceiling(client, dsn, scenario, touched, batches)
     print(f"  {kind}: tailer {t_tail:.2f} s, read {t_read:.2f} s, merge {t_merge:.3f} s",
           flush=True)
     cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1],

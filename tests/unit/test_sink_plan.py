@@ -82,6 +82,24 @@ def test_delete_displaced_by_a_later_upsert_of_the_same_key_is_dropped_from_stag
     assert (p.losers, p.staged_deletes, p.staged_upserts) == ([0], 0, 1)
 
 
+def test_deletes_are_grouped_by_origin_with_the_origin_as_one_flag() -> None:
+    stream_only = plan_batch(Batch([rm(1, 5), rm(2, 6)]), mapper)
+    assert [(vs, flag) for _, vs, flag in stream_only.namespaces[NS].delete_arrays()] \
+        == [([5, 6], True)]
+    mixed = plan_batch(Batch([rm(1, 5), rm(2, 6, Origin.BACKFILL), rm(3, 7)]), mapper)
+    groups = mixed.namespaces[NS].delete_arrays()
+    assert [(vs, flag) for _, vs, flag in groups] == [([5, 7], True), ([6], False)]
+    key = mapper(NS).map_key
+    assert [ks for ks, _, _ in groups] == [
+        [key(bson.encode({"_id": 1})), key(bson.encode({"_id": 3}))],
+        [key(bson.encode({"_id": 2}))]]
+    # A delete displaced by a later upsert of its key leaves its group.
+    displaced = plan_batch(Batch([rm(1, 5, Origin.BACKFILL), up(1.0, 6, "back")]), mapper)
+    p = displaced.namespaces[NS]
+    list(p.root_records(displaced.dead_letters, displaced.result))
+    assert p.delete_arrays() == []
+
+
 def test_unmappable_document_becomes_a_dead_letter_with_its_raw_bson() -> None:
     bad = up(2, 7, "nul\x00")
     plan = plan_batch(Batch([up(1, 7, "ok"), bad]), mapper)
