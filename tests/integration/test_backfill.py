@@ -391,7 +391,9 @@ async def test_a_rename_under_follow_in_the_middle_of_a_chunk_read_is_followed(
     old, new = Namespace(db, "a"), Namespace(db, "b")
     client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri)
     try:
-        await client[db]["a"].insert_many([{"_id": i, "v": i} for i in range(300)])
+        # Chunks of about 190 documents read 10 at a time: a chunk's cursor is still open
+        # when its first batch is written (the reader runs at most a few batches ahead).
+        await client[db]["a"].insert_many([{"_id": i, "v": i} for i in range(1500)])
         async with pipeline(mongo_uri, pg_dsn, [f"{db}.*"], ddl_default="follow") as p:
             renamed: list[bool] = []
 
@@ -411,6 +413,6 @@ async def test_a_rename_under_follow_in_the_middle_of_a_chunk_read_is_followed(
         assert max(r[3] for r in chunks) == 2  # the chunk being read was read again
         with MongoClient[dict[str, Any]](mongo_uri) as mongo:
             result = compare_all(mongo, pg_dsn, [new], lambda _: mapper_for(old))
-        assert result.documents == 300 and result.mismatches == 0
+        assert result.documents == 1500 and result.mismatches == 0
     finally:
         await client.close()
