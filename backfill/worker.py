@@ -50,7 +50,13 @@ from backfill.progress import BYTES, DOCUMENTS, ProgressTracker, export, render_
 from backfill.reader import Span, chunk_filter, read_batches, read_label
 from backfill.throttle import Throttle
 from cdc.batch import Batch, Change, Op, Origin
-from cdc.errors import InvariantError, ReadLeaseLost, is_retriable, read_interrupted
+from cdc.errors import (
+    InvariantError,
+    ReadLeaseLost,
+    first_failure,
+    is_retriable,
+    read_interrupted,
+)
 from cdc.mapping.keys import id_bson_from_raw
 from cdc.types import ClusterTime, Namespace
 
@@ -77,16 +83,6 @@ class SinkLike(Protocol):
 
 class _Stopped(Exception):
     """A graceful stop ended a chunk batch's wait for the throttle (nothing written)."""
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error that failed a reader/writer pair (not the cancellation it caused)."""
-    leaves: list[BaseException] = []
-    for exc in group.exceptions:
-        leaves.extend([exc] if not isinstance(exc, BaseExceptionGroup) else
-                      [_first_leaf(exc)])
-    cancelled = anyio.get_cancelled_exc_class()
-    return next((e for e in leaves if not isinstance(e, cancelled)), leaves[0])
 
 
 def default_owner() -> str:
@@ -275,7 +271,7 @@ class Backfill:
                                                            failed)
                         tg.cancel_scope.cancel()  # stopped early: the reader is not needed
                 except BaseExceptionGroup as group:
-                    raise _first_leaf(group) from None
+                    raise first_failure(group) from None
             except ReadLeaseLost:
                 log.warning("the read lease of a chunk expired; handing the chunk back",
                             extra={"fields": {"chunk": chunk.id}})
@@ -300,7 +296,7 @@ class Backfill:
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # What failed inside, as itself: the worker's retry decision reads its type.
-            raise _first_leaf(group) from None
+            raise first_failure(group) from None
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 try:

@@ -20,6 +20,10 @@ never on message text.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import anyio
+
 
 class Mongo2pgError(Exception):
     """Raised for every failure mongo2pg itself recognises; the root of the tree."""
@@ -180,3 +184,20 @@ def _is_cleanup_after_lost_connection(exc: BaseException) -> bool:
         return False
     cause = exc.__cause__ or exc.__context__
     return cause is not None and cause is not exc and is_retriable(cause)
+
+
+def first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that failed a task group: its first leaf, at any depth, that is not a
+    cancellation (those are what the failure caused in the group's other tasks); its
+    first leaf when all are."""
+    leaves = list(_leaves(group))
+    cancelled = anyio.get_cancelled_exc_class()
+    return next((e for e in leaves if not isinstance(e, cancelled)), leaves[0])
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

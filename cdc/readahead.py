@@ -40,6 +40,7 @@ import anyio.lowlevel
 from pymongo.errors import OperationFailure
 
 from cdc.cursor import ChangeStreamCursor, Reply
+from cdc.errors import first_failure
 from cdc.events import ChangeEvent, decode_raw
 
 T = TypeVar("T")
@@ -154,15 +155,5 @@ class ReadAhead:
                 tg.start_soon(reader, tg)
                 await run_work()
         except BaseExceptionGroup as group:
-            raise first_error(group) from None
+            raise first_failure(group) from None
         return result[0]
-
-
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error that failed a read/apply pair (not the cancellation it caused)."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return first_error(exc)
-        if not isinstance(exc, anyio.get_cancelled_exc_class()):
-            return exc
-    return group.exceptions[0]

@@ -73,7 +73,7 @@ from cdc.cursor import (
     majority_time,
     operation_time,
 )
-from cdc.errors import HistoryLostError, SourceUnavailable, StreamFenced
+from cdc.errors import HistoryLostError, SourceUnavailable, StreamFenced, first_failure
 from cdc.events import (
     ChangeEvent,
     Delete,
@@ -90,7 +90,7 @@ from cdc.events import (
     decode_raw,
     id_document,
 )
-from cdc.readahead import TOO_LARGE_CODES, ReadAhead, first_error
+from cdc.readahead import TOO_LARGE_CODES, ReadAhead
 from cdc.refetch import current_document, fill_post_images
 from cdc.retry import call_with_retry
 from cdc.state import DdlDecisions, StreamState, ddl_key
@@ -188,7 +188,7 @@ class Tailer:
                 while True:
                     await call_with_retry(self._config.retry, self._step, self._on_retry)
         except BaseExceptionGroup as group:
-            raise first_error(group) from None
+            raise first_failure(group) from None
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self._drop_cursor()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import anyio
 import asyncpg
 import pytest
 from pymongo.errors import AutoReconnect, OperationFailure
@@ -10,6 +11,7 @@ from cdc.errors import (
     MappingError,
     SourceUnavailable,
     TargetUnavailable,
+    first_failure,
     is_retriable,
 )
 
@@ -42,3 +44,18 @@ from cdc.errors import (
 def test_retriability_is_decided_by_type_code_and_label(exc: BaseException, expected: bool
                                                         ) -> None:
     assert is_retriable(exc) is expected
+
+
+def test_the_failure_of_a_task_group_is_its_first_leaf_that_is_not_a_cancellation() -> None:
+    async def main() -> None:  # the cancellation class is the running backend's
+        cancelled = anyio.get_cancelled_exc_class()
+        real = ConnectionResetError("lost")
+        # A nested group of cancellations only comes first; the real error is later.
+        group = BaseExceptionGroup("outer", [
+            BaseExceptionGroup("inner", [cancelled(), cancelled()]),
+            BaseExceptionGroup("second", [cancelled(), real])])
+        assert first_failure(group) is real
+        only = cancelled()
+        assert first_failure(BaseExceptionGroup("all", [only, cancelled()])) is only
+
+    anyio.run(main)
