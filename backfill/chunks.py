@@ -30,7 +30,7 @@ from psycopg import sql
 
 from backfill.bsonorder import decode_bound, encode_bound
 from backfill.planner import ChunkSpec, SizeEstimate
-from cdc.errors import TargetUnavailable
+from cdc.errors import TargetUnavailable, target_errors
 from cdc.types import Namespace
 
 
@@ -85,17 +85,15 @@ class ChunkStore:
 
     async def _exec(self, query: Any, params: Any = None) -> psycopg.AsyncCursor[Any]:
         """Run one statement; a lost connection is reopened on the next call. A reopen
-        that fails (server down or refusing connections) is as transient as the loss:
-        psycopg's connection errors carry no SQLSTATE, so they are classified here."""
-        try:
+        that fails (server down or refusing connections) is as transient as the loss
+        (:func:`cdc.errors.target_errors`)."""
+        with target_errors("using the chunk table"):
             if self.conn.closed and self.dsn:
                 async with self._reopen:
                     if self.conn.closed:
                         self.conn = await psycopg.AsyncConnection.connect(
                             self.dsn, autocommit=True)
             return await self.conn.execute(query, params)
-        except psycopg.OperationalError as exc:
-            raise TargetUnavailable("control schema unreachable (chunk table)") from exc
 
     async def is_planned(self, namespace: Namespace) -> bool:
         cur = await self._exec(

@@ -20,7 +20,8 @@ never on message text.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 
 import anyio
 
@@ -201,3 +202,27 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield from _leaves(exc)
         else:
             yield exc
+
+
+@contextlib.contextmanager
+def target_errors(what: str | Callable[[], str]) -> Iterator[None]:
+    """Raise :class:`TargetUnavailable` ("PostgreSQL unavailable while ``what``"; a
+    callable is asked only then, for a description that costs something) for a
+    PostgreSQL error inside that may pass: one :func:`is_retriable` accepts, or a lost or
+    refused connection — psycopg's and asyncpg's connection errors carry no SQLSTATE, so
+    they are recognised by type here. Errors of the tree and any other error pass
+    unchanged."""
+    import asyncpg
+    import psycopg
+
+    try:
+        yield
+    except Mongo2pgError:
+        raise
+    except Exception as exc:
+        if is_retriable(exc) or isinstance(
+                exc, psycopg.OperationalError
+                | asyncpg.exceptions.ConnectionDoesNotExistError):
+            said = what if isinstance(what, str) else what()
+            raise TargetUnavailable(f"PostgreSQL unavailable while {said}") from exc
+        raise

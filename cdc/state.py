@@ -29,7 +29,7 @@ MAIN_STREAM = "main"
 
 def stream_start_key(stream: str) -> str:
     """``stream_start`` for the main stream, ``stream_start:<name>`` for others."""
-    return "stream_start" if stream == "main" else f"stream_start:{stream}"
+    return "stream_start" if stream == MAIN_STREAM else f"stream_start:{stream}"
 
 
 def ddl_key(stream: str, what: str) -> str:
@@ -59,9 +59,7 @@ class DdlDecisions:
             if self.displaced(ns):
                 return None
             target = ns
-        if target in self.marked or target.db in self.marked_dbs:
-            return None
-        return target
+        return self._unless_marked(target)
 
     def displaced(self, ns: Namespace) -> bool:
         """Whether ``ns`` names a collection created after the one of that name was
@@ -74,10 +72,11 @@ class DdlDecisions:
         """The namespace whose table an operator means by ``name``: the table itself
         when a renamed collection feeds it (``a`` after ``a → b``), else the table the
         collection ``name`` feeds (``b`` means ``a``'s table); ``None`` when marked."""
-        target = name if name in self.aliases.values() else self.aliases.get(name, name)
-        if target in self.marked or target.db in self.marked_dbs:
-            return None
-        return target
+        return self._unless_marked(
+            name if name in self.aliases.values() else self.aliases.get(name, name))
+
+    def _unless_marked(self, target: Namespace) -> Namespace | None:
+        return None if target in self.marked or target.db in self.marked_dbs else target
 
     def tables(self, collections: Iterable[Namespace]) -> list[Namespace]:
         """The namespaces whose tables ``collections`` (what the include patterns find

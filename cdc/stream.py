@@ -138,7 +138,6 @@ class Tailer:
         self._last_applied: ClusterTime = ZERO_TIME
         self._decisions = DdlDecisions()
         """The DDL decisions taken so far (persisted first, then recorded here)."""
-        self._aliases = self._decisions.aliases
         self._displaced: set[Namespace] = set()
         """Re-created collections already warned about (see :meth:`_resolve`)."""
         self._lag_at = 0.0
@@ -430,10 +429,8 @@ class Tailer:
             self._acc.start_at(self._committed)
             self._letters.clear()
         while True:
-            cursor = ChangeStreamCursor(
-                self._client, patterns=self._include, extra_namespaces=list(self._aliases),
-                full_document=self._config.full_document, split_large_events=self._split,
-                batch_size=self._requested())
+            cursor = self._new_cursor(split_large_events=self._split,
+                                      batch_size=self._requested())
             try:
                 reply = await cursor.open(start)
             except OperationFailure as exc:
@@ -445,6 +442,16 @@ class Tailer:
             self._cursor = cursor
             self._start_after = None
             return reply
+
+    def _new_cursor(self, *, split_large_events: bool, batch_size: int,
+                    strip_bodies: bool = False) -> ChangeStreamCursor:
+        """A cursor on the watched namespaces (and the new names of followed renames)."""
+        return ChangeStreamCursor(
+            self._client, patterns=self._include,
+            extra_namespaces=list(self._decisions.aliases),
+            full_document=self._config.full_document,
+            split_large_events=split_large_events, batch_size=batch_size,
+            strip_bodies=strip_bodies)
 
     def _requested(self) -> int:
         """Events asked for per reply: a batch may span several replies, so that the
@@ -540,7 +547,7 @@ class Tailer:
 
     def _resolve(self, ns: Namespace) -> Namespace | None:
         """The namespace whose table receives the events of ``ns`` (``None``: none)."""
-        if ns not in self._aliases and not matches(self._include, ns):
+        if ns not in self._decisions.aliases and not matches(self._include, ns):
             return None
         target = self._decisions.target(ns)
         if target is None and self._decisions.displaced(ns) and ns not in self._displaced:
@@ -632,7 +639,7 @@ class Tailer:
                 await self._state.put(self._ddl_key(str(event.to)), {
                     "op": "rename", "alias_from": str(event.to), "alias_to": str(target),
                     "cluster_time": when})
-                self._aliases[event.to] = target
+                self._decisions.aliases[event.to] = target
                 self._decisions.renamed_at[event.to] = when
                 reopen = True
         log.warning("DDL on a watched namespace", extra={"fields": {
@@ -671,10 +678,7 @@ class Tailer:
         pending: a source transaction around it stays one batch, and nothing after it
         counts as applied before the rest of that transaction is. False when no event
         could be read yet (the next step tries again)."""
-        side = ChangeStreamCursor(
-            self._client, patterns=self._include, extra_namespaces=list(self._aliases),
-            full_document=self._config.full_document, split_large_events=False,
-            batch_size=1, strip_bodies=True)
+        side = self._new_cursor(split_large_events=False, batch_size=1, strip_bodies=True)
         try:
             reply = await side.open(StartAt(resume_after=after.token) if after is not None
                                     else self._start_at())

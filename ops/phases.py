@@ -32,7 +32,7 @@ import psycopg
 from prometheus_client import Gauge
 from psycopg import sql
 
-from cdc.errors import InvariantError, TargetUnavailable
+from cdc.errors import InvariantError, target_errors
 from cdc.types import Phase
 
 PHASE = Gauge("mongo2pg_phase",
@@ -94,12 +94,10 @@ class PhaseMachine:
         self._lock = anyio.Lock()
 
     async def _conn(self) -> psycopg.AsyncConnection[Any]:
-        try:
+        # A refused connection is transient: the daemon's lifecycle retries a phase move
+        # while the server refuses connections.
+        with target_errors("connecting for the phase"):
             return await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
-        except psycopg.OperationalError as exc:
-            # Connection errors carry no SQLSTATE: classified here, so the daemon's
-            # lifecycle retries a phase move while the server refuses connections.
-            raise TargetUnavailable("control schema unreachable (phase)") from exc
 
     async def load(self) -> Phase:
         async with await self._conn() as conn:
@@ -114,17 +112,15 @@ class PhaseMachine:
         return self.current
 
     async def _write(self, phase: Phase, reason: str | None) -> None:
-        try:
+        # A connection cut mid-statement is transient too. The write may have landed:
+        # writing it again is the same (the row is upserted).
+        with target_errors("writing the phase"):
             async with await self._conn() as conn:
                 await conn.execute(sql.SQL(
                     "INSERT INTO {} AS p (singleton, phase, reason, updated_at) "
                     "VALUES (true, %s, %s, now()) ON CONFLICT (singleton) DO UPDATE SET "
                     "phase = EXCLUDED.phase, reason = EXCLUDED.reason, updated_at = now()"
                 ).format(self._table), (phase.value, reason))
-        except psycopg.OperationalError as exc:
-            # A connection cut mid-statement carries no SQLSTATE either. The write may
-            # have landed: writing it again is the same (the row is upserted).
-            raise TargetUnavailable("control schema unreachable (phase)") from exc
         self.current, self.reason = phase, reason
         export(phase)
 

@@ -52,6 +52,7 @@ from cdc.errors import (
     StreamFenced,
     TargetUnavailable,
     is_retriable,
+    target_errors,
 )
 from cdc.mapping.model import Mapper, TableShape
 from cdc.sink import ddl, readers, statements
@@ -182,11 +183,8 @@ class Sink:
     async def open(cls, dsn: str, control_schema: str, mapper_for: MapperFor, *,
                    min_size: int = 1, max_size: int = 4) -> Self:
         """Migrate the control schema, then open the data-plane pool."""
-        try:
+        with target_errors("connecting the control plane"):
             control = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-        except psycopg.Error as exc:
-            _raise_if_unavailable(exc, "connecting the control plane")
-            raise
         try:
             await migrate(control, control_schema)
             pool = await asyncpg.create_pool(
@@ -215,11 +213,8 @@ class Sink:
             await self._control.close()
 
     async def load_checkpoint(self, stream: str) -> Checkpoint | None:
-        try:
+        with target_errors(f"loading checkpoint {stream!r}"):
             row = await self._pool.fetchrow(self._sql_load, stream)
-        except Exception as exc:
-            _raise_if_unavailable(exc, f"loading checkpoint {stream!r}")
-            raise
         if row is None:
             return None
         return Checkpoint(row["stream"], row["resume_token"], row["cluster_time"])
@@ -233,12 +228,9 @@ class Sink:
         process for operators; the lease expires ``lease_seconds`` after its last
         renewal (each batch under it renews it; the reader also calls :meth:`renew_reader`
         while it reads)."""
-        try:
+        with target_errors(f"opening a read lease on {namespace}"):
             reader: int = await self._pool.fetchval(self._sql_readers.open, str(namespace),
                                                     holder, float(lease_seconds))
-        except Exception as exc:
-            _raise_if_unavailable(exc, f"opening a read lease on {namespace}")
-            raise
         return reader
 
     async def applied_time(self, namespace: Namespace) -> int | None:
@@ -248,31 +240,22 @@ class Sink:
         covers every delete applied without the lease even where the source's majority
         snapshot lags (a new primary after an election)."""
         known = await self._ensure(namespace)
-        try:
+        with target_errors(f"reading what is applied to {namespace}"):
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(_lock_sql(known.sql.root.qualified, exclusive=False))
                 applied: int | None = await conn.fetchval(self._sql_applied)
-        except Exception as exc:
-            _raise_if_unavailable(exc, f"reading what is applied to {namespace}")
-            raise
         return applied
 
     async def renew_reader(self, reader: int) -> bool:
         """Extend a live read lease; False if it had expired (the read must start over)."""
-        try:
+        with target_errors("renewing a read lease"):
             status = await self._pool.execute(self._sql_readers.renew, reader)
-        except Exception as exc:
-            _raise_if_unavailable(exc, "renewing a read lease")
-            raise
         return bool(status == "UPDATE 1")
 
     async def close_reader(self, reader: int) -> None:
         """Remove a read lease (its reader has written its last batch, or gave up)."""
-        try:
+        with target_errors("closing a read lease"):
             await self._pool.execute(self._sql_readers.close, reader)
-        except Exception as exc:
-            _raise_if_unavailable(exc, "closing a read lease")
-            raise
 
     async def _ensure(self, ns: Namespace) -> _Known:
         known = self._known.get(ns)
@@ -287,14 +270,11 @@ class Sink:
         shapes = mapper.tables()
         if known is not None and known.shapes == shapes:
             return known
-        try:
+        with target_errors(f"creating tables of {ns}"):
             if self._control.closed or self._control.broken:
                 self._control = await psycopg.AsyncConnection.connect(self._dsn,
                                                                       autocommit=True)
             await ddl.ensure_tables(self._control, shapes)
-        except psycopg.Error as exc:
-            _raise_if_unavailable(exc, f"creating tables of {ns}")
-            raise
         # A new index per layout: sessions may hold staging tables of an older layout.
         nsql = statements.build(self._next_index, shapes, self._schema)
         self._next_index += 1
@@ -317,15 +297,10 @@ class Sink:
         if (not batch.changes and batch.checkpoint is None and batch.chunk_id is None
                 and not batch.letters):
             return plan.result
-        try:
+        with target_errors(lambda: f"applying {_describe(batch)}"):
             async with self._pool.acquire() as conn:
                 await self._write(conn, batch, plan.namespaces, plan.dead_letters,
                                   plan.result)
-        except (InvariantError, ReadLeaseLost, StreamFenced, TargetUnavailable):
-            raise
-        except Exception as exc:
-            _raise_if_unavailable(exc, f"applying {_describe(batch)}")
-            raise
         return plan.result
 
     async def _direct(self, conn: Any, known: _Known, p: NamespacePlan,
@@ -562,12 +537,3 @@ def _describe(batch: Batch) -> str:
     names = sorted({str(c.namespace) for c in batch.changes})
     shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
     return f"a batch of {len(batch.changes)} changes ({shown or 'no changes'})"
-
-
-def _raise_if_unavailable(exc: Exception, what: str) -> None:
-    """Raise :class:`TargetUnavailable` for what may pass (connection loss, serialization
-    failure, deadlock); return for anything else, which the caller re-raises as is."""
-    if is_retriable(exc) or isinstance(
-        exc, psycopg.OperationalError | asyncpg.exceptions.ConnectionDoesNotExistError
-    ):
-        raise TargetUnavailable(f"PostgreSQL unavailable while {what}") from exc
