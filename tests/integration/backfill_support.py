@@ -24,6 +24,7 @@ from cdc.stream import StreamConfig, Tailer
 from cdc.stream_config import DdlPolicy
 from cdc.types import ClusterTime, Namespace
 from ops.compare import Comparison, compare_all
+from tests.integration.sink_support import expire_lease
 
 CONTROL = "m2p_ctl"
 
@@ -58,6 +59,20 @@ class HookedSink:
 
     async def close_reader(self, reader: int) -> None:
         await self.sink.close_reader(reader)
+
+
+class ExpireFirstLease:
+    """A :class:`HookedSink` hook: the first batch written under a read lease finds it
+    expired (a pause past the lease); ``expired`` lists the leases it expired."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.expired: list[int] = []
+
+    async def __call__(self, batch: Batch) -> None:
+        if batch.reader is not None and not self.expired:
+            self.expired.append(batch.reader)
+            expire_lease(self.dsn, batch.reader)
 
 
 class Pipeline:

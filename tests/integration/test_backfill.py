@@ -24,13 +24,13 @@ from cdc.types import ClusterTime, Namespace
 from ops.compare import compare_all
 from tests.integration.backfill_support import (
     CONTROL,
+    ExpireFirstLease,
     HookedSink,
     chunk_rows,
     compare,
     mapper_for,
     pipeline,
 )
-from tests.integration.sink_support import expire_lease
 from tests.support.tailing import FindRecorder
 
 pytestmark = pytest.mark.anyio
@@ -266,16 +266,10 @@ async def test_chunk_whose_read_lease_expired_is_handed_back_and_copied_again(
     try:
         await client[db]["c"].insert_many([{"_id": i, "v": i} for i in range(60)])
         async with pipeline(mongo_uri, pg_dsn, [f"{db}.c"]) as p:
-            expired: list[int] = []
-
-            async def expire_first_lease(batch: Batch) -> None:
-                if batch.reader is not None and not expired:
-                    expired.append(batch.reader)
-                    expire_lease(pg_dsn, batch.reader)
-
-            bf = p.backfill(SMALL, sink=HookedSink(p.sink, expire_first_lease))
+            expire = ExpireFirstLease(pg_dsn)
+            bf = p.backfill(SMALL, sink=HookedSink(p.sink, expire))
             assert await bf.run([ns])
-        assert expired
+        assert expire.expired
         with psycopg.connect(pg_dsn) as conn:
             left = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
                 sql.Identifier(CONTROL, "readers"))).fetchone()

@@ -24,13 +24,13 @@ from cdc.sink.migrations import migrate_sync
 from cdc.types import Namespace
 from tests.integration.backfill_support import (
     CONTROL,
+    ExpireFirstLease,
     HookedSink,
     Pipeline,
     chunk_rows,
     compare,
     pipeline,
 )
-from tests.integration.sink_support import expire_lease
 
 pytestmark = pytest.mark.anyio
 
@@ -258,18 +258,12 @@ async def test_a_targeted_copy_whose_read_lease_expired_reads_again(
     try:
         await client[db]["c"].insert_many([{"_id": i, "v": i} for i in range(30)])
         async with pipeline(mongo_uri, pg_dsn, [f"{db}.c"]) as p:
-            expired: list[int] = []
-
-            async def expire_first_lease(batch: Batch) -> None:
-                if batch.reader is not None and not expired:
-                    expired.append(batch.reader)
-                    expire_lease(pg_dsn, batch.reader)
-
+            expire = ExpireFirstLease(pg_dsn)
             bf = p.backfill(BackfillConfig(batch_size=10),
-                            sink=HookedSink(p.sink, expire_first_lease))
+                            sink=HookedSink(p.sink, expire))
             assert await bf.copy_ids(ns, [*range(25), 9999]) == 25
             await p.caught_up()
-        assert len(expired) == 1
+        assert len(expire.expired) == 1
         with psycopg.connect(pg_dsn) as conn:
             ids = {r[0] for r in conn.execute(psycopg.sql.SQL("SELECT _id FROM {}").format(
                 psycopg.sql.Identifier(db, "c"))).fetchall()}
