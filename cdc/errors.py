@@ -36,7 +36,8 @@ class TransientError(Mongo2pgError):
 
 class StreamFenced(TransientError):
     """Another applier of the same change stream (a second daemon) has committed past the
-    position this batch continues from. Nothing of the batch was written; the tailer
+    position this batch continues from, or the batch before it is not committed (the
+    stored position is behind this batch's start). Nothing of the batch was written; the tailer
     reloads the stored checkpoint and goes on from there, so the stream's events are
     applied in order whoever applies them (DESIGN §3.1, §3.3)."""
 

@@ -26,7 +26,15 @@ PostgreSQL through the sink, exactly once in effect:
    order before anything is read again; they are only read, never committed, ahead of
    the accumulator, and are dropped with the cursor (a reopen resumes from the
    checkpoint). Only an idle stream waits ``max_await_ms`` in a step: once a batch with
-   events is committed, the step returns.
+   events is committed, the step returns. Under a backlog (events queued) a flush
+   *stages* its batch (:meth:`cdc.sink.Sink.stage`: transaction opened, upserts COPYed
+   into staging, no lock taken) while the batch staged before it commits on another
+   connection, and leaves it staged for the next flush; so PostgreSQL merges one batch
+   while the next is prepared and COPYed. Batches still commit one at a time in stream
+   order: a batch is committed only after the one before it, a failure of either rolls
+   the other back, and the sink's fence refuses a batch whose predecessor is not
+   committed. A step that ends with no event queued commits what is staged, so an
+   idle or lightly loaded stream's latency does not change.
 4. **Faults.** One read+apply step is the unit of retry (:mod:`cdc.retry`): on a
    transient error the cursor is dropped and the next attempt reopens *from the last
    committed checkpoint*, after a jittered backoff; replays are harmless (§3.1).
@@ -52,6 +60,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 import anyio
@@ -98,6 +107,7 @@ from cdc.stream_config import (
     DEFAULT_CONFIG,
     DdlPolicy,
     SinkPort,
+    StagedPort,
     StreamConfig,
     matches,
     validate,
@@ -110,6 +120,17 @@ REPLY_EVENTS = 1000
 """At most this many events per reply (batches of more span several replies)."""
 YIELD_EVERY = 256
 """Events decoded between yields to the event loop (a read-ahead getMore runs then)."""
+
+
+class _InFlight(msgspec.Struct):
+    """A staged batch and what its commit settles in the tailer."""
+
+    staged: StagedPort
+    position: Position
+    lettered: list[bytes]
+    counts: Counter[tuple[str, str]]
+    events: int
+    staging_seconds: float
 
 
 class Tailer:
@@ -151,6 +172,9 @@ class Tailer:
         """Dead letters of such events (by token), committed with the batch applying them."""
         self._reading_ahead = False
         self._drop_later = False
+        self._staged: _InFlight | None = None
+        """A batch staged in its open transaction, committed by the next flush (beside
+        the next batch's staging) or when the step ends with nothing queued."""
 
     # ------------------------------------------------------------------ public
     @property
@@ -190,6 +214,7 @@ class Tailer:
             raise first_failure(group) from None
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await self._abort_staged()
                 await self._drop_cursor()
 
     async def _keep_lag_fresh(self) -> None:
@@ -216,11 +241,15 @@ class Tailer:
         stored checkpoint.
         """
         try:
-            return await self._run_once()
+            count = await self._run_once()
+            if self._staged is not None and not self._ahead.events:
+                await self._settle()  # no event queued: no next batch to stage beside it
+            return count
         except StreamFenced:
             log.info("another applier moved the stream on; resuming from its checkpoint",
                      extra={"fields": {"stream": self.stream_name}})
             metrics.RETRIES.labels(self.stream_name).inc()
+            await self._abort_staged()
             self._prepared = self._start_fresh = False
             self._committed = None
             await self._drop_cursor()
@@ -278,7 +307,7 @@ class Tailer:
                 await self._flush_and_prefetch(
                     self._cursor, 1 if carries else self._config.max_await_ms)
             else:
-                await self._flush()
+                await self._flush(keep=True)
         if time.monotonic() - self._lag_at >= self._config.lag_interval_ms / 1000:
             self._lag_at = time.monotonic()
             await self.lag_seconds()
@@ -302,7 +331,7 @@ class Tailer:
         async def work() -> int:
             count = await self._consume(reply, requested, decoded)
             if self._acc.due(time.monotonic()) or (self._acc.settled and not self._ahead):
-                await self._flush()
+                await self._flush(keep=True)
             return count
 
         self._drop_later = False
@@ -315,7 +344,7 @@ class Tailer:
                 if self._cursor is cursor and cursor.alive and self._ahead_open():
                     await self._flush_and_prefetch(cursor, 1)
                 else:
-                    await self._flush()
+                    await self._flush(keep=True)
         else:
             self._reading_ahead = True
             try:
@@ -350,7 +379,7 @@ class Tailer:
         """Flush while the next replies are read (the first waiting ``wait_ms``)."""
 
         async def work() -> None:
-            await self._flush()
+            await self._flush(keep=True)
 
         self._drop_later = False
         self._reading_ahead = True
@@ -365,8 +394,12 @@ class Tailer:
             await self._drop_cursor()
 
     async def close(self) -> None:
-        """Close the server cursor (the tailer may be run again afterwards)."""
-        await self._drop_cursor()
+        """Commit the batch still staged, close the server cursor (the tailer may be run
+        again afterwards)."""
+        try:
+            await self._settle()
+        finally:
+            await self._drop_cursor()
 
     # ------------------------------------------------------------------ start
     async def _prepare(self) -> ClusterTime:
@@ -417,6 +450,7 @@ class Tailer:
         return when
 
     async def _open(self) -> Reply:
+        await self._settle()  # a reopen reads on from what is committed
         resume, self._reopen_at = self._reopen_at, None
         await self._drop_cursor()
         self._assembler.reset()
@@ -475,7 +509,10 @@ class Tailer:
                 await cursor.close()
 
     def _after(self) -> int:
-        """Where the next batch's events start: the last committed position."""
+        """Where the next batch's events start: the position of the batch staged before
+        it (committed first), else the last committed position."""
+        if self._staged is not None:
+            return self._staged.position.cluster_time.packed
         return (self._committed.cluster_time if self._committed is not None
                 else self._start).packed
 
@@ -486,9 +523,11 @@ class Tailer:
             metrics.HISTORY_LOST.labels(self.stream_name).inc()
             log.error("change stream history lost: resync required",
                       extra={"fields": {"stream": self.stream_name}})
+            await self._abort_staged()
             await self._drop_cursor()
             raise
         except Exception:
+            await self._abort_staged()
             await self._drop_cursor()  # the next attempt resumes from the checkpoint
             raise
 
@@ -557,33 +596,80 @@ class Tailer:
                             "namespace": str(ns)}})
         return target
 
-    async def _flush(self) -> None:
+    async def _flush(self, *, keep: bool = False) -> None:
+        """Stage the settled events as a batch while the batch staged before commits
+        (its merge overlaps this one's preparation and COPY, on another connection);
+        with ``keep`` this batch stays staged for the next flush, else it commits now."""
         pending = self._acc.take()
         if pending is None:
+            await self._settle()
             return
-        changes, counts = to_changes(await fill_post_images(
-            self._client, pending.events, self._config.full_document, self._follows),
-                                     self._resolve)
-        position = pending.position
-        batch = Batch(changes, Checkpoint(self.stream_name, position.token,
-                                          position.cluster_time.packed),
-                      after=self._after(), coalesced=True)
-        lettered = [e.token for e in pending.events if e.token in self._letters
-                    ] if self._letters else []
-        batch.letters.extend(self._letters[token] for token in lettered)
+        after = self._after()
+        previous, self._staged = self._staged, None
+        out: list[StagedPort] = []
+
+        async def stage() -> None:
+            changes, counts = to_changes(await fill_post_images(
+                self._client, pending.events, self._config.full_document, self._follows),
+                                         self._resolve)
+            position = pending.position
+            batch = Batch(changes, Checkpoint(self.stream_name, position.token,
+                                              position.cluster_time.packed),
+                          after=after, coalesced=True)
+            lettered = [e.token for e in pending.events if e.token in self._letters
+                        ] if self._letters else []
+            batch.letters.extend(self._letters[token] for token in lettered)
+            began = time.perf_counter()
+            out.append(await self._sink.stage(batch))
+            self._staged = _InFlight(out[0], position, lettered, counts,
+                                     len(pending.events), time.perf_counter() - began)
+
+        if previous is None:
+            await stage()
+        else:
+            # The batch staged before commits first: this one never commits before it,
+            # and a failure of either rolls the other back.
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._commit, previous)
+                    await stage()
+            except BaseExceptionGroup as group:
+                self._staged = None
+                for staged in out:
+                    await staged.abort()
+                raise first_failure(group) from None
+        self._acc.committed(pending.position)  # handed to the sink: no empty batch repeats it
+        if not keep:
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """Commit the staged batch, if any."""
+        inflight, self._staged = self._staged, None
+        if inflight is not None:
+            await self._commit(inflight)
+
+    async def _abort_staged(self) -> None:
+        """Roll the staged batch back (a failed step resumes from the checkpoint)."""
+        inflight, self._staged = self._staged, None
+        if inflight is not None:
+            await inflight.staged.abort()
+
+    async def _commit(self, inflight: _InFlight) -> None:
         began = time.perf_counter()
-        result = await self._sink.apply(batch)
+        result = await inflight.staged.commit()
         _count_dead_letters(result)
-        for token in lettered:
+        for token in inflight.lettered:
             letter = self._letters.pop(token)
             metrics.DEAD_LETTERS.labels(letter.namespace).inc()
             log.warning("change event too large: dead-lettered, re-fetched by _id",
                         extra={"fields": {"namespace": letter.namespace}})
-        metrics.APPLY_DURATION.labels(self.stream_name).observe(time.perf_counter() - began)
-        metrics.BATCH_SIZE.labels(self.stream_name).observe(len(pending.events))
-        for (namespace, op), n in counts.items():
+        # Staging plus committing; not the time the batch waited staged in between.
+        metrics.APPLY_DURATION.labels(self.stream_name).observe(
+            inflight.staging_seconds + time.perf_counter() - began)
+        metrics.BATCH_SIZE.labels(self.stream_name).observe(inflight.events)
+        for (namespace, op), n in inflight.counts.items():
             metrics.EVENTS_APPLIED.labels(namespace, op).inc(n)
-        self._acc.committed(position)
+        position = inflight.position
         self._committed = position
         if position.cluster_time > self._last_applied:
             self._last_applied = position.cluster_time

@@ -45,10 +45,20 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 DEFAULT_CONFIG = StreamConfig()
 
 
+class StagedPort(Protocol):
+    """A batch staged in its open transaction (:meth:`cdc.sink.Sink.stage`)."""
+
+    async def commit(self) -> Any: ...
+
+    async def abort(self) -> None: ...
+
+
 class SinkPort(Protocol):
     """What the tailer needs of :mod:`cdc.sink`."""
 
     async def apply(self, batch: Batch) -> Any: ...
+
+    async def stage(self, batch: Batch) -> StagedPort: ...
 
     async def load_checkpoint(self, stream: str) -> Checkpoint | None: ...
 

@@ -116,8 +116,10 @@ class Daemon:
     async def run(self) -> int:
         cfg = self.config
         self.client: AsyncMongoClient[Any] = AsyncMongoClient(cfg.source.uri, appname="mongo2pg")
+        # A connection per backfill worker, two for the tailer (one batch commits while
+        # the next is staged) and one for stream state and status reads.
         self.sink = await Sink.open(cfg.target.dsn, self.schema, self.mapper_for,
-                                        max_size=max(2, cfg.backfill.workers + 2))
+                                        max_size=max(1, cfg.backfill.workers) + 3)
         self.stream_state = StreamState(self.sink.pool, self.schema)
         self.store = await ChunkStore.connect(cfg.target.dsn, self.schema, default_owner(),
                                               cfg.backfill.lease_seconds)

@@ -1,29 +1,37 @@
 """The PostgreSQL sink: applies batches with exactly-once effect (DESIGN §3.1, §3.3, §3.4).
 
 :class:`Sink` owns an asyncpg pool (the data plane) and one psycopg connection (the
-control plane: migrations and target DDL). ``apply`` runs one transaction per batch:
+control plane: migrations and target DDL). ``apply`` runs one transaction per batch, in
+two parts: :meth:`Sink.stage` (steps 1–3) and :meth:`Staged.commit` (steps 4–5).
 
 1. make sure the namespace's tables exist (first sight of a namespace or a grown layout
    runs :func:`cdc.sink.ddl.ensure_tables`, then the result is cached);
 2. plan (pure, :mod:`cdc.sink.plan`): coalesce, map deletes' keys; documents are mapped
    later, while their rows stream into COPY (dead letters are collected on the way);
-3. take a transaction-scoped advisory lock per root table, sorted by lock key —
+3. open the transaction on a pooled connection and COPY (binary) the net upserts into
+   the session's staging tables — the binary streams the mapping's C path writes for
+   the whole batch (``Mapper.copy_rows``, see
+   :meth:`~cdc.sink.plan.NamespacePlan.fast_rows`), else rows mapped one by one in
+   Python while they stream into COPY. Staging touches nothing but the session's own
+   temporary tables and takes no lock, so a caller that applies batches in order (the
+   tailer) stages the next batch while the one before it commits on another
+   connection; a batch that only inserts (backfill copies, stream inserts) into keys
+   the target has never seen skips staging (step 4);
+4. check the stream fence (the checkpoint row, locked: another applier committed past
+   this batch's start, or the batch before it is not committed — refused), take a
+   transaction-scoped advisory lock per root table, sorted by lock key —
    *shared* when the batch only upserts the table, *exclusive* when it deletes from it.
    Upserts race safely through ``ON CONFLICT`` row locks; a delete's "no row and no newer
    tombstone" test is a snapshot read, so it must not overlap a concurrent upsert of the
    same table (otherwise a backfill row could land beside a fresh tombstone). In the same
    round trip a batch of backfill changes renews its read lease, or is refused
    (:mod:`cdc.sink.readers`); a batch with deletes then looks up which of its namespaces
-   have a live read lease: only their deletes leave tombstones;
-4. COPY (binary) the net rows into the staging tables — the binary streams the
-   mapping's C path writes for the whole batch (``Mapper.copy_rows``, see
-   :meth:`~cdc.sink.plan.NamespacePlan.fast_rows`), else rows mapped one by one in
-   Python while they stream into COPY —, run the delete, upsert and child
-   statements of :mod:`cdc.sink.statements`, COPY dead letters, upsert the checkpoint
-   (never backwards) and mark the backfill chunk done — then commit. A batch that only
-   inserts (backfill copies, stream inserts) into keys the target has never seen
-   skips staging: its rows are
-   COPYed straight into the target tables inside a savepoint (:meth:`Sink._direct`).
+   have a live read lease: only their deletes leave tombstones. Inserts into keys the
+   target has never seen are COPYed straight into the target tables inside a savepoint
+   now (:meth:`Sink._direct`: it needs the table's lock);
+5. run the delete, upsert and child statements of :mod:`cdc.sink.statements`, COPY dead
+   letters, upsert the checkpoint (never backwards) and mark the backfill chunk done —
+   then commit.
 
 Staging tables are temporary tables of the pooled sessions, created once per
 connection; pooled connections are released without a reset query because the sink
@@ -36,6 +44,7 @@ so a retry of the same batch is exact.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Self
@@ -57,7 +66,7 @@ from cdc.errors import (
 from cdc.mapping.model import Mapper, TableShape
 from cdc.sink import ddl, readers, statements
 from cdc.sink.migrations import LOCK_SPACE, migrate
-from cdc.sink.plan import ApplyResult, DeadLetter, NamespacePlan, plan_batch
+from cdc.sink.plan import ApplyResult, DeadLetter, NamespacePlan, Plan, plan_batch
 from cdc.types import Namespace
 
 MapperFor = Callable[[Namespace], Mapper]
@@ -113,6 +122,11 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     transaction-scoped advisory locks, which end with the transaction."""
 
 
+ABORT_SECONDS = 5.0
+"""At most this long for the rollback of a staged batch (:meth:`Staged.abort`), which
+runs shielded from cancellation; past it the connection is closed (a rollback too)."""
+
+
 class _Fallback(Exception):
     """The direct path cannot take this batch; use the staged one."""
 
@@ -142,6 +156,70 @@ class _Known:
         self.direct_misses += 1
 
 
+def _wants_direct(known: _Known, p: NamespacePlan) -> bool:
+    """Whether the upserts of ``p`` try the direct path (:meth:`Sink._direct`): a batch
+    whose changes of the namespace are all backfill rows or stream inserts, unless the
+    path is paused after fallbacks (:data:`DIRECT_PAUSE`)."""
+    if p.deletes or not p.all_new or known.direct_pause > 0:
+        known.direct_pause = max(known.direct_pause - 1, 0)
+        return False
+    return True
+
+
+class Staged:
+    """A batch whose transaction is open with its staging COPY done (:meth:`Sink.stage`);
+    :meth:`commit` writes the rest under the locks and commits, :meth:`abort` rolls it
+    back. Either releases the connection; both may be called again (no effect)."""
+
+    def __init__(self, sink: Sink, batch: Batch, plan: Plan) -> None:
+        self._sink = sink
+        self.batch = batch
+        self.plan = plan
+        self.conn: Any = None
+        self.tx: Any = None
+        self.work: list[tuple[_Known, NamespacePlan]] = []
+        self.direct: set[Namespace] = set()
+        self.rolled_back = False
+
+    async def commit(self) -> ApplyResult:
+        conn = self.conn
+        if conn is None:
+            if self.rolled_back:  # a result now would claim what never committed
+                raise InvariantError(f"{_describe(self.batch)} was rolled back")
+            return self.plan.result
+        try:
+            with target_errors(lambda: f"applying {_describe(self.batch)}"):
+                await self._sink._write_locked(conn, self)
+        finally:
+            await self.abort()
+        return self.plan.result
+
+    async def abort(self) -> None:
+        """Roll back (unless committed) and give the connection back to the pool."""
+        conn, self.conn = self.conn, None
+        tx, self.tx = self.tx, None
+        if conn is None:
+            return
+        self.rolled_back = tx is not None  # committed: tx is None
+        self._sink._open.discard(self)
+        with anyio.CancelScope(shield=True):
+            try:
+                # A connection lost meanwhile was handed back to the pool by asyncpg
+                # already (its proxy then refuses every call).
+                if tx is not None and not conn.is_closed():
+                    # Shielded, so bounded here: a server that stops answering must not
+                    # hold the caller past its deadline. Closing the session rolls back.
+                    with anyio.move_on_after(ABORT_SECONDS) as waited:
+                        await tx.rollback()
+                    if waited.cancelled_caught:
+                        conn.terminate()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    conn.terminate()  # state unknown: the pool opens a new one
+            finally:
+                await self._sink._pool.release(conn)  # no effect when handed back
+
+
 class Sink:
     """Writes batches to PostgreSQL; see the module docstring for the mechanism."""
 
@@ -155,6 +233,8 @@ class Sink:
         self._known: dict[Namespace, _Known] = {}
         self._next_index = 0
         self._ddl_lock = anyio.Lock()  # one control connection: one DDL at a time
+        self._open: set[Staged] = set()
+        """Batches staged and neither committed nor rolled back yet."""
         ctl = sql.Identifier(control_schema)
         self._sql_checkpoint = sql.SQL(
             "INSERT INTO {}.checkpoints AS c (stream, resume_token, cluster_time, updated_at)"
@@ -207,6 +287,9 @@ class Sink:
         return self._schema
 
     async def close(self) -> None:
+        """Roll back batches still staged (their callers are gone), close the pools."""
+        for staged in list(self._open):
+            await staged.abort()
         try:
             await self._pool.close()
         finally:
@@ -287,6 +370,15 @@ class Sink:
 
     async def apply(self, batch: Batch) -> ApplyResult:
         """Apply ``batch`` atomically (rows, dead letters, checkpoint, chunk)."""
+        staged = await self.stage(batch)
+        return await staged.commit()
+
+    async def stage(self, batch: Batch) -> Staged:
+        """The first part of :meth:`apply`: open the batch's transaction on a connection
+        of its own and COPY what needs no lock (upserts bound for the staging tables);
+        :meth:`Staged.commit` does the rest. A caller applying batches in order may stage
+        the next batch while the previous one commits (the COPY overlaps its merge), as
+        long as it commits them in order and aborts the next when the previous fails."""
         # Ensure the layout of every namespace first so mapping uses the cached mapper.
         for ns in _namespaces(batch):
             await self._ensure(ns)
@@ -294,35 +386,39 @@ class Sink:
         if batch.reader is None and plan.backfill:
             raise InvariantError(f"{_describe(batch)} has backfill changes but no read"
                                  " lease (Batch.reader)")
+        staged = Staged(self, batch, plan)
         if (not batch.changes and batch.checkpoint is None and batch.chunk_id is None
                 and not batch.letters):
-            return plan.result
+            return staged
         with target_errors(lambda: f"applying {_describe(batch)}"):
-            async with self._pool.acquire() as conn:
-                await self._write(conn, batch, plan.namespaces, plan.dead_letters,
-                                  plan.result)
-        return plan.result
+            conn = await self._pool.acquire()
+            staged.conn = conn
+            self._open.add(staged)
+            try:
+                await self._open_write(conn, staged)
+            except BaseException:
+                await staged.abort()
+                raise
+        return staged
 
     async def _direct(self, conn: Any, known: _Known, p: NamespacePlan,
-                      dead: list[DeadLetter], result: ApplyResult) -> bool:
+                      dead: list[DeadLetter], result: ApplyResult) -> None:
         """Upserts into keys the target has never seen: COPY straight into the tables.
 
         Tried only for a batch whose changes of this namespace are all upserts from the
-        backfill or stream inserts (:attr:`~cdc.batch.Change.fresh`). A row COPYed this
-        way wins whatever its origin, as nothing is stored for its key: no row (the
-        primary key) and no tombstone (the probe; tombstones are written under the
-        table's exclusive lock, and this batch holds it shared). Inside a savepoint the
-        rows are COPYed into the target tables; the primary key rejects any key that has
-        a row (then the savepoint is rolled back), and a probe rejects keys with a
-        tombstone. Either way the batch then goes the staged, version-guarded way:
-        streams from the C path are written again in their staging form (cheap), rows
-        the Python path mapped are reused, never mapped twice. Fallbacks that follow
+        backfill or stream inserts (:attr:`~cdc.batch.Change.fresh`;
+        :func:`_wants_direct`). A row COPYed this way wins whatever its origin, as
+        nothing is stored for its key: no row (the primary key) and no tombstone (the
+        probe; tombstones are written under the table's exclusive lock, and this batch
+        holds it shared). Inside a savepoint the rows are COPYed into the target
+        tables; the primary key rejects any key that has a row (then the savepoint is
+        rolled back), and a probe rejects keys with a tombstone. Either way the batch
+        then goes the staged, version-guarded way: streams from the C path are written
+        again in their staging form (cheap), rows the Python path mapped are reused,
+        never mapped twice. Fallbacks that follow
         each other turn the direct path off for a growing number of batches (see
         :data:`DIRECT_PAUSE`; a resync re-copies known keys).
         """
-        if p.deletes or not p.all_new or known.direct_pause > 0:
-            known.direct_pause = max(known.direct_pause - 1, 0)
-            return False
         nsql = known.sql
         fast = p.fast_rows(staged=False)
         if fast is not None:
@@ -342,8 +438,9 @@ class Sink:
                 known.direct_fell_back()
                 p.staged_upserts = 0
                 await self._stage(conn, nsql, p, dead, result)
-                return True
-            return _landed_direct(known, p, result)
+                return
+            _landed_direct(known, p, result)
+            return
         taken: list[tuple[Any, ...]] = []
         source = p.root_records(dead, result, direct=True)
 
@@ -372,8 +469,8 @@ class Sink:
             known.direct_fell_back()
             taken.extend(source)  # map the rest, once
             await _stage_records(conn, nsql, p, p.staging_records(taken))
-            return True
-        return _landed_direct(known, p, result)
+            return
+        _landed_direct(known, p, result)
 
     async def _stage(self, conn: Any, nsql: statements.NamespaceSql, p: NamespacePlan,
                      dead: list[DeadLetter], result: ApplyResult) -> None:
@@ -387,93 +484,117 @@ class Sink:
         # Mapping runs inside this COPY, overlapping the server's parsing.
         await _stage_records(conn, nsql, p, p.root_records(dead, result))
 
-    async def _write(self, conn: Any, batch: Batch, plans: dict[Namespace, NamespacePlan],
-                     dead: list[DeadLetter], result: ApplyResult) -> None:
-        work = [(self._known[ns], p) for ns, p in sorted(plans.items())]
+    async def _open_write(self, conn: Any, staged: Staged) -> None:
+        """Begin the batch's transaction and COPY the upserts that take the staging
+        tables (those the direct path may take need the table's lock first)."""
+        plan = staged.plan
+        work = staged.work = [(self._known[ns], p) for ns, p in sorted(plan.namespaces.items())]
         # Staging tables live for the session: created outside the transaction (a
         # rolled-back batch does not take them away), once per connection.
-        staged: set[str] = conn.m2p_staged
-        missing = [k.sql for k, _ in work if k.sql.stage not in staged]
-        if missing or not staged:
+        staged_tables: set[str] = conn.m2p_staged
+        missing = [k.sql for k, _ in work if k.sql.stage not in staged_tables]
+        if missing or not staged_tables:
             await conn.execute(";".join([statements.COMMON_STAGE_DDL]
                                         + [m.stage_ddl for m in missing]))
-            staged.add("")
-            staged.update(m.stage for m in missing)
+            staged_tables.add("")
+            staged_tables.update(m.stage for m in missing)
         # READ COMMITTED whatever the server's default: each statement's snapshot is taken
         # after the advisory locks were granted (the lease and delete checks rely on it).
-        async with conn.transaction(isolation="read_committed"):
-            cp = batch.checkpoint
-            if cp is not None and batch.after is not None:
-                # The stream's row lock orders its appliers; one that is behind what
-                # another committed writes nothing (its events could be older than a
-                # delete applied without a tombstone, see cdc.sink.readers).
-                stored = await conn.fetchval(self._sql_fence, cp.stream)
-                if stored is not None and stored > batch.after:
-                    raise StreamFenced(f"stream {cp.stream!r} was applied past this batch's"
-                                       " start by another applier")
-            locks: dict[str, bool] = {}
-            for known, p in work:
-                table = known.sql.root.qualified
-                locks[table] = locks.get(table, False) or bool(p.deletes)
-            # Sorted by lock key: concurrent batches take their locks in one order.
-            script = [_lock_sql(table, exclusive=exclusive) for table, exclusive
-                      in sorted(locks.items(), key=lambda item: _lock_key(item[0]))]
-            if batch.reader is not None:
-                # After the locks: a delete batch of these tables has committed or waits.
-                script.append(self._sql_readers.renew_literal(batch.reader))
-            if script:
-                status = await conn.execute(";".join(script))
-                if batch.reader is not None and status != "UPDATE 1":
-                    raise ReadLeaseLost(f"the read lease of {_describe(batch)} has expired")
-            deleting = [str(p.namespace) for _, p in work if p.staged_deletes]
-            # Read after the locks were granted (a statement of its own, so a snapshot of
-            # its own): a lease renewed by a write that committed before is seen live.
-            tombstoned: set[str] = (
-                {r[0] for r in await conn.fetch(self._sql_readers.live, deleting)}
-                if deleting else set())
-            for known, p in work:
-                nsql = known.sql
-                table = nsql.root.qualified
-                if p.upserts and not await self._direct(conn, known, p, dead, result):
-                    await self._stage(conn, nsql, p, dead, result)
+        staged.tx = conn.transaction(isolation="read_committed")
+        await staged.tx.start()
+        for known, p in work:
+            if not p.upserts:
+                continue
+            if _wants_direct(known, p):
+                staged.direct.add(p.namespace)
+                continue
+            await self._stage(conn, known.sql, p, plan.dead_letters, plan.result)
+            if p.losers:
+                await conn.execute(known.sql.drop_staged, p.losers)
+
+    async def _write_locked(self, conn: Any, staged: Staged) -> None:
+        """The rest of the batch's transaction, under its locks; commits."""
+        batch, work = staged.batch, staged.work
+        dead, result = staged.plan.dead_letters, staged.plan.result
+        cp = batch.checkpoint
+        if cp is not None and batch.after is not None:
+            # The stream's row lock orders its appliers; one that is behind what
+            # another committed writes nothing (its events could be older than a
+            # delete applied without a tombstone, see cdc.sink.readers). Nor does a
+            # batch whose predecessor is not committed (staged batches commit in
+            # order; this holds even if one did not).
+            stored = await conn.fetchval(self._sql_fence, cp.stream)
+            if stored is not None and stored > batch.after:
+                raise StreamFenced(f"stream {cp.stream!r} was applied past this batch's"
+                                   " start by another applier")
+            if stored is not None and stored < batch.after:
+                raise StreamFenced(f"stream {cp.stream!r}: the batch before this one is"
+                                   " not committed")
+        locks: dict[str, bool] = {}
+        for known, p in work:
+            table = known.sql.root.qualified
+            locks[table] = locks.get(table, False) or bool(p.deletes)
+        # Sorted by lock key: concurrent batches take their locks in one order.
+        script = [_lock_sql(table, exclusive=exclusive) for table, exclusive
+                  in sorted(locks.items(), key=lambda item: _lock_key(item[0]))]
+        if batch.reader is not None:
+            # After the locks: a delete batch of these tables has committed or waits.
+            script.append(self._sql_readers.renew_literal(batch.reader))
+        if script:
+            status = await conn.execute(";".join(script))
+            if batch.reader is not None and status != "UPDATE 1":
+                raise ReadLeaseLost(f"the read lease of {_describe(batch)} has expired")
+        deleting = [str(p.namespace) for _, p in work if p.staged_deletes]
+        # Read after the locks were granted (a statement of its own, so a snapshot of
+        # its own): a lease renewed by a write that committed before is seen live.
+        tombstoned: set[str] = (
+            {r[0] for r in await conn.fetch(self._sql_readers.live, deleting)}
+            if deleting else set())
+        for known, p in work:
+            nsql = known.sql
+            table = nsql.root.qualified
+            if p.namespace in staged.direct:
+                await self._direct(conn, known, p, dead, result)
                 if p.losers:
                     await conn.execute(nsql.drop_staged, p.losers)
-                if p.staged_deletes:
-                    n = 0
-                    for keys, versions, stream in p.delete_arrays():
-                        n += await (conn.fetchval(nsql.delete, table, keys, versions, stream)
-                                    if str(p.namespace) in tombstoned
-                                    else conn.fetchval(nsql.delete_rows, keys, versions,
-                                                       stream))
-                    counts = result.of(p.namespace, Op.DELETE)
-                    counts.applied += n
-                    counts.skipped += p.staged_deletes - n
-                if p.staged_upserts and not p.direct:
-                    n = await conn.fetchval(nsql.upsert, table)
-                    counts = result.of(p.namespace, Op.UPSERT)
-                    counts.applied += n
-                    counts.skipped += p.staged_upserts - n
-                    if n and nsql.children:
-                        await conn.execute(nsql.drop_children)
-                        await conn.execute(nsql.insert_children)
-            if dead:
-                await conn.copy_records_to_table(
-                    "dead_letters", schema_name=self._schema,
-                    records=[(d.namespace, d.id_bson, d.version, d.raw, d.reason)
-                             for d in dead],
-                    columns=("namespace", "id_bson", "version", "raw", "reason"))
-            if batch.letters:
-                await conn.executemany(self._sql_letter, [
-                    (x.namespace, x.id_bson, x.version, x.raw, x.reason, x.resolved)
-                    for x in batch.letters])
-            if cp is not None:
-                await conn.execute(self._sql_checkpoint, cp.stream, cp.resume_token,
-                                   cp.cluster_time)
-            if batch.chunk_id is not None:
-                status = await conn.execute(self._sql_chunk, batch.chunk_id)
-                if status != "UPDATE 1":
-                    raise InvariantError(f"backfill chunk {batch.chunk_id} does not exist")
+            if p.staged_deletes:
+                n = 0
+                for keys, versions, stream in p.delete_arrays():
+                    n += await (conn.fetchval(nsql.delete, table, keys, versions, stream)
+                                if str(p.namespace) in tombstoned
+                                else conn.fetchval(nsql.delete_rows, keys, versions,
+                                                   stream))
+                counts = result.of(p.namespace, Op.DELETE)
+                counts.applied += n
+                counts.skipped += p.staged_deletes - n
+            if p.staged_upserts and not p.direct:
+                n = await conn.fetchval(nsql.upsert, table)
+                counts = result.of(p.namespace, Op.UPSERT)
+                counts.applied += n
+                counts.skipped += p.staged_upserts - n
+                if n and nsql.children:
+                    await conn.execute(nsql.drop_children)
+                    await conn.execute(nsql.insert_children)
+        if dead:
+            await conn.copy_records_to_table(
+                "dead_letters", schema_name=self._schema,
+                records=[(d.namespace, d.id_bson, d.version, d.raw, d.reason)
+                         for d in dead],
+                columns=("namespace", "id_bson", "version", "raw", "reason"))
+        if batch.letters:
+            await conn.executemany(self._sql_letter, [
+                (x.namespace, x.id_bson, x.version, x.raw, x.reason, x.resolved)
+                for x in batch.letters])
+        if cp is not None:
+            await conn.execute(self._sql_checkpoint, cp.stream, cp.resume_token,
+                               cp.cluster_time)
+        if batch.chunk_id is not None:
+            status = await conn.execute(self._sql_chunk, batch.chunk_id)
+            if status != "UPDATE 1":
+                raise InvariantError(f"backfill chunk {batch.chunk_id} does not exist")
 
+        await staged.tx.commit()
+        staged.tx = None
 
 _EMPTY_STREAM = 19 + 2
 """Size of a binary COPY stream without rows: header (19 bytes) and trailer (2)."""
@@ -514,12 +635,11 @@ async def _stage_records(conn: Any, nsql: statements.NamespaceSql, p: NamespaceP
                                              records=rows, columns=child.columns)
 
 
-def _landed_direct(known: _Known, p: NamespacePlan, result: ApplyResult) -> bool:
+def _landed_direct(known: _Known, p: NamespacePlan, result: ApplyResult) -> None:
     """Bookkeeping of upserts that went straight into the target."""
     p.direct = True
     known.direct_misses = 0
     result.of(p.namespace, Op.UPSERT).applied += p.staged_upserts
-    return True
 
 
 def _namespaces(batch: Batch) -> list[Namespace]:

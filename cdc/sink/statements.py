@@ -12,7 +12,9 @@ constraints) that COPY fills, and runs per batch:
   live (:mod:`cdc.sink.readers`), no tombstone is needed and **delete_rows** runs
   instead: it deletes the rows the deletes beat, from ``R`` and every ``C``, in one
   pass over the keys.
-* **upsert** — one statement: skip staged rows their tombstone beats, then
+* **upsert** — one statement: skip staged rows their tombstone beats (probed per key
+  only when the table has a tombstone at all: one probe per statement answers the
+  usual case, no read lease live at the table's deletes), then
   ``INSERT … ON CONFLICT (k) DO UPDATE … WHERE`` the stored version is older (``<`` for
   backfill rows, ``<=`` for stream rows: two inserts in one statement, one per origin —
   their key sets are disjoint after coalescing). The ``WHERE`` of ``ON CONFLICT`` is
@@ -145,17 +147,25 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
     )
     ins_cols = _ids([*data_cols, VERSION_COLUMN])
 
+    # Whether the table has a tombstone at all: an uncorrelated subquery, evaluated once
+    # per statement with the statement's snapshot (the one the per-key probes would
+    # read), so a table without tombstones — no read lease was live at its deletes —
+    # costs no probe per key.
+    any_tombstone = sql.SQL("(SELECT EXISTS (SELECT 1 FROM {} t0 WHERE t0.table_name = $1))"
+                            ).format(ctl)
+
     def insert(flag: str, cmp: str) -> sql.Composed:
         # The tombstone is read by a scalar subquery: one index probe per staged row,
         # whatever the planner guesses about an unanalysed staging table.
         return sql.SQL(
             "INSERT INTO {target} AS d ({cols}) SELECT {cols} FROM pg_temp.{stage} s"
-            " WHERE {flag}s.{st} AND coalesce((SELECT tb.version FROM {ctl} tb"
-            " WHERE tb.table_name = $1 AND tb.key = s.{k}), -1) {cmp} s.{v}"
+            " WHERE {flag}s.{st} AND coalesce(CASE WHEN {any} THEN (SELECT tb.version"
+            " FROM {ctl} tb WHERE tb.table_name = $1 AND tb.key = s.{k}) END, -1)"
+            " {cmp} s.{v}"
             " ORDER BY s.{k} ON CONFLICT ({k}) DO UPDATE SET {sets}"
             " WHERE d.{v} {cmp} EXCLUDED.{v} RETURNING d.{k}"
         ).format(target=target, cols=ins_cols, stage=sql.Identifier(stage), flag=sql.SQL(flag),
-                 st=st, ctl=ctl, k=k, sets=set_list, v=v, cmp=sql.SQL(cmp))
+                 st=st, ctl=ctl, k=k, sets=set_list, v=v, cmp=sql.SQL(cmp), any=any_tombstone)
 
     record_applied = (
         sql.SQL(", app AS (INSERT INTO pg_temp.{} (t, k) SELECT {}, k FROM up)").format(
@@ -166,11 +176,11 @@ def build(index: int, shapes: tuple[TableShape, ...], control_schema: str) -> Na
         "WITH up_s AS ({ins_s}), up_b AS ({ins_b}),"
         " up AS (SELECT {k} AS k FROM up_s UNION ALL SELECT {k} FROM up_b),"
         " tomb AS (DELETE FROM {ctl} tb USING unnest(ARRAY(SELECT k FROM up)) AS u(k)"
-        " WHERE tb.table_name = $1 AND tb.key = u.k)"
+        " WHERE {any} AND tb.table_name = $1 AND tb.key = u.k)"
         "{record_applied}"
         " SELECT count(*) FROM up"
     ).format(ctl=ctl, k=k, ins_s=insert("", "<="), ins_b=insert("NOT ", "<"),
-             record_applied=record_applied)
+             record_applied=record_applied, any=any_tombstone)
 
     child_sql: list[ChildSql] = []
     child_deletes: list[sql.Composable] = []

@@ -13,7 +13,7 @@ from cdc.batch import Batch, Change, Op, Origin
 from cdc.mapping import ChildRule, ColumnRule, MappingConfig, MappingRule, resolve
 from cdc.mapping.model import ReversibleMapper, TableShape
 from cdc.sink import Sink
-from cdc.sink.plan import ApplyResult
+from cdc.sink.sink import Staged
 from cdc.types import Namespace
 
 CONTROL = "m2p_ctl"
@@ -127,7 +127,7 @@ class LeasedSink(Sink):
             self.lease = reader if self.lease is None else self.lease
         return self
 
-    async def apply(self, batch: Batch) -> ApplyResult:
+    async def stage(self, batch: Batch) -> Staged:
         if batch.reader is None and self.lease is not None:
             batch = msgspec.structs.replace(batch, reader=self.lease)
-        return await super().apply(batch)
+        return await super().stage(batch)

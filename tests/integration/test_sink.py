@@ -14,6 +14,7 @@ from psycopg import sql
 from cdc.batch import Batch, Change, Checkpoint, Op, Origin
 from cdc.errors import InvariantError, TargetUnavailable
 from cdc.sink import Sink
+from cdc.sink import sink as sink_module
 from cdc.sink.plan import NamespacePlan
 from tests.integration.sink_support import (
     CONTROL,
@@ -260,13 +261,20 @@ def direct(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     into the target."""
     went: list[bool] = []
     real = Sink._direct
+    wants = sink_module._wants_direct
 
-    async def recorded(self: Sink, conn: Any, known: Any, p: NamespacePlan, *a: Any) -> bool:
-        taken = await real(self, conn, known, p, *a)
+    def offered(known: Any, p: NamespacePlan) -> bool:
+        if not wants(known, p):
+            went.append(False)  # paused: staged without trying
+            return False
+        return True
+
+    async def recorded(self: Sink, conn: Any, known: Any, p: NamespacePlan, *a: Any) -> None:
+        await real(self, conn, known, p, *a)
         went.append(p.direct)
-        return taken
 
     monkeypatch.setattr(Sink, "_direct", recorded)
+    monkeypatch.setattr(sink_module, "_wants_direct", offered)
     return went
 
 

@@ -301,9 +301,12 @@ class _ApplyFails:
         self.inner, self.pool, self.control_schema, self.down = inner, inner._pool, CONTROL, False
 
     async def apply(self, batch: Batch) -> Any:
+        return await (await self.stage(batch)).commit()
+
+    async def stage(self, batch: Batch) -> Any:
         if self.down:
             raise TargetUnavailable("injected: PostgreSQL unreachable")
-        return await self.inner.apply(batch)
+        return await self.inner.stage(batch)
 
     async def load_checkpoint(self, stream: str) -> Any:
         return await self.inner.load_checkpoint(stream)

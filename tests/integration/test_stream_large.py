@@ -139,11 +139,14 @@ class _FailNextApply:
         self.armed, self.failed = False, 0
 
     async def apply(self, batch: Batch) -> Any:
+        return await (await self.stage(batch)).commit()
+
+    async def stage(self, batch: Batch) -> Any:
         if self.armed and batch.changes:
             self.armed = False
             self.failed += 1
             raise TargetUnavailable("injected: connection lost while applying")
-        return await self.inner.apply(batch)
+        return await self.inner.stage(batch)
 
     async def load_checkpoint(self, stream: str) -> Any:
         return await self.inner.load_checkpoint(stream)

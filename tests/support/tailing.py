@@ -43,6 +43,21 @@ async def open_sink(pg_dsn: str, mappers: Callable[[Namespace], Mapper] = mapper
         await sink.close()
 
 
+class _Recorded:
+    """A staged batch whose commit is recorded."""
+
+    def __init__(self, staged: Any, batch: Batch, into: list[Batch]) -> None:
+        self.staged, self.batch, self.into = staged, batch, into
+
+    async def commit(self) -> Any:
+        result = await self.staged.commit()
+        self.into.append(self.batch)
+        return result
+
+    async def abort(self) -> None:
+        await self.staged.abort()
+
+
 class RecordingSink:
     """The real sink, plus a record of the batches it was asked to apply."""
 
@@ -53,9 +68,10 @@ class RecordingSink:
         self.control_schema = CONTROL
 
     async def apply(self, batch: Batch) -> Any:
-        result = await self.inner.apply(batch)
-        self.batches.append(batch)
-        return result
+        return await (await self.stage(batch)).commit()
+
+    async def stage(self, batch: Batch) -> Any:
+        return _Recorded(await self.inner.stage(batch), batch, self.batches)
 
     async def load_checkpoint(self, stream: str) -> Any:
         return await self.inner.load_checkpoint(stream)
