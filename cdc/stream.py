@@ -245,6 +245,13 @@ class Tailer:
             if self._staged is not None and not self._ahead.events:
                 await self._settle()  # no event queued: no next batch to stage beside it
             return count
+        except anyio.get_cancelled_exc_class():
+            # Cancelled by the caller, maybe with a getMore abandoned in flight: where the
+            # cursor stands is unknown, so the next step reopens from the checkpoint.
+            with anyio.CancelScope(shield=True):
+                await self._abort_staged()
+                await self._drop_cursor()
+            raise
         except StreamFenced:
             log.info("another applier moved the stream on; resuming from its checkpoint",
                      extra={"fields": {"stream": self.stream_name}})
