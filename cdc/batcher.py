@@ -15,6 +15,14 @@ the checkpoint that goes with it:
   server scanned, even with no matching event: a quiet stream keeps advancing) — unless
   the reply was full, when the last event's token says the same. With an open group it
   is the token of the last settled event.
+* **What a commit claims.** From MongoDB 6.1 a large ``deleteMany`` (and TTL deletes)
+  is logged in batches of up to 10 deletes per oplog entry (SERVER-63044, SERVER-64972,
+  SERVER-76177): their events share one cluster time and carry no ``lsid``, so a batch
+  may end among them. Resuming is exact either way (by token), but "applied up to
+  time t" is not: :attr:`Pending.applied_through` is the position's time only when the
+  server is known to have moved past it — a later event was read, an empty reply came
+  back, or a reply ended with a post-batch token other than its last event's —, else
+  one tick less. The tailer's ``last_applied`` (and lag) follow it.
 * **Cuts** (:meth:`Accumulator.due`): ``max_events`` settled events, the oldest pending
   event older than ``max_wait`` seconds, or — natural batching — a reply shorter than
   requested, meaning the server had nothing more queued at that instant. Under load
@@ -55,6 +63,10 @@ class Pending(msgspec.Struct, frozen=True):
 
     events: list[ChangeEvent]
     position: Position
+    applied_through: ClusterTime
+    """Once this batch (and every one before it) is committed, every event with a
+    cluster time up to this one is applied: the position's time, or one tick less when
+    more events of that time may still follow (see the module docstring)."""
 
 
 class Accumulator:
@@ -70,6 +82,10 @@ class Accumulator:
         self._committed: Position | None = None
         self._since: float | None = None
         self._short_reply = False
+        self._last_time: ClusterTime | None = None
+        """The cluster time of the last event added (the newest: times never go back)."""
+        self._past = False
+        """The server scanned past the position (no event of its time is still to come)."""
 
     @property
     def settled(self) -> int:
@@ -89,10 +105,14 @@ class Accumulator:
         self._committed = position
         self._since = None
         self._short_reply = False
+        self._last_time = None
+        self._past = False
 
     def add(self, event: ChangeEvent, now: float) -> None:
         if self._since is None:
             self._since = now
+        self._last_time = event.cluster_time
+        self._past = False
         if event.txn is not None and event.txn == self._open_txn:
             self._open.append(event)
             return
@@ -126,10 +146,15 @@ class Accumulator:
             # last event's token is the same point (and does not depend on the server
             # getting its post-batch token right for a batch cut by size).
             return
-        last = self._position.cluster_time if self._position else None
+        previous = self._position
+        last = previous.cluster_time if previous else None
         times = [t for t in (last, reply_time) if t is not None]
         when = max(times) if times else ClusterTime(0, 0)
         self._position = Position(post_batch_token, when)
+        # Past the last event, unless the token is that event's own (a reply cut by the
+        # server's byte limit, maybe in the middle of events sharing its time); an empty
+        # reply means the server had nothing more at all.
+        self._past = count == 0 or previous is None or post_batch_token != previous.token
 
     def close_group(self) -> None:
         """Treat the open transaction group as complete (e.g. a DDL event follows it)."""
@@ -161,7 +186,10 @@ class Accumulator:
         """Settled events and their checkpoint; ``None`` when there is nothing to commit."""
         if self._position is None or (not self._settled and not self._advanced()):
             return None
-        pending = Pending(self._settled, self._position)
+        at = self._position.cluster_time
+        last = self._last_time
+        through = at if self._past or (last is not None and last > at) else at.before()
+        pending = Pending(self._settled, self._position, through)
         self._settled = []
         self._since = None if not self._open else self._since
         return pending
@@ -169,6 +197,17 @@ class Accumulator:
     def committed(self, position: Position) -> None:
         """The sink committed up to ``position``."""
         self._committed = position
+
+    def idle_through(self) -> ClusterTime | None:
+        """With nothing pending and the position already handed to the sink, its time
+        when the server is known to have nothing more up to it (see ``_past``): a
+        resumed stream whose checkpoint is already where the server stands commits no
+        new position, yet is caught up. ``None`` otherwise."""
+        position = self._position
+        if (self._settled or self._open or not self._past or position is None
+                or position != self._committed):
+            return None
+        return position.cluster_time
 
 
 _OP_NAMES: dict[type, str] = {Insert: "insert", Update: "update", Replace: "replace",

@@ -127,6 +127,7 @@ class _InFlight(msgspec.Struct):
 
     staged: StagedPort
     position: Position
+    applied_through: ClusterTime
     lettered: list[bytes]
     counts: Counter[tuple[str, str]]
     events: int
@@ -244,6 +245,11 @@ class Tailer:
             count = await self._run_once()
             if self._staged is not None and not self._ahead.events:
                 await self._settle()  # no event queued: no next batch to stage beside it
+            if self._staged is None:
+                idle = self._acc.idle_through()
+                if idle is not None and idle > self._last_applied:
+                    self._last_applied = idle
+                    metrics.LAST_APPLIED.labels(self.stream_name).set(idle.t)
             return count
         except anyio.get_cancelled_exc_class():
             # Cancelled by the caller, maybe with a getMore abandoned in flight: where the
@@ -433,6 +439,9 @@ class Tailer:
                                                         self._start.packed)))
             log.info("change stream starts", extra={"fields": {
                 "stream": self.stream_name, "at": f"{self._start.t}.{self._start.i}"}})
+        # Events at the start point itself may still come (a stream opened at a time
+        # includes it; a checkpoint may fall among events sharing its time).
+        self._last_applied = self._last_applied.before()
         await self._load_ddl()
         metrics.LAST_APPLIED.labels(self.stream_name).set(self._last_applied.t)
         self._prepared = True
@@ -628,8 +637,9 @@ class Tailer:
             batch.letters.extend(self._letters[token] for token in lettered)
             began = time.perf_counter()
             out.append(await self._sink.stage(batch))
-            self._staged = _InFlight(out[0], position, lettered, counts,
-                                     len(pending.events), time.perf_counter() - began)
+            self._staged = _InFlight(out[0], position, pending.applied_through, lettered,
+                                     counts, len(pending.events),
+                                     time.perf_counter() - began)
 
         if previous is None:
             await stage()
@@ -676,10 +686,9 @@ class Tailer:
         metrics.BATCH_SIZE.labels(self.stream_name).observe(inflight.events)
         for (namespace, op), n in inflight.counts.items():
             metrics.EVENTS_APPLIED.labels(namespace, op).inc(n)
-        position = inflight.position
-        self._committed = position
-        if position.cluster_time > self._last_applied:
-            self._last_applied = position.cluster_time
+        self._committed = inflight.position
+        if inflight.applied_through > self._last_applied:
+            self._last_applied = inflight.applied_through
             metrics.LAST_APPLIED.labels(self.stream_name).set(self._last_applied.t)
 
     # ------------------------------------------------------------------ DDL

@@ -59,6 +59,10 @@ class ClusterTime(msgspec.Struct, frozen=True, order=True):
         """Seconds since the epoch (the increment does not count as time)."""
         return float(self.t)
 
+    def before(self) -> ClusterTime:
+        """The cluster time one tick earlier (the newest time strictly before this one)."""
+        return ClusterTime.from_packed(max(self.packed - 1, 0))
+
 
 ZERO_TIME = ClusterTime(0, 0)
 

@@ -204,12 +204,16 @@ def delete(ctx: Ctx) -> Reply:
     writer = ctx.writer
     n = 0
     for st in specs:
-        for match in matches(coll, st.get("q") or {}, 1 if st.get("limit") else 0):
-            assert coll is not None
-            delete_doc(writer, coll, match)
-            n += 1
-            if st.get("limit"):
-                break
+        found = matches(coll, st.get("q") or {}, 1 if st.get("limit") else 0)
+        if st.get("limit"):
+            found = found[:1]
+        if coll is None or not found:
+            continue
+        for key, _, _ in found:
+            coll.remove(key)
+        # A multi-delete is logged in batches sharing cluster times, as MongoDB 6.1+ does.
+        writer.record_deletes(coll, [(key, doc["_id"], raw) for key, raw, doc in found])
+        n += len(found)
     return {"n": n, "ok": 1.0}
 
 

@@ -121,6 +121,32 @@ class Writer:
         self.sb.oplog.append([entry_for(self.sb, coll, op, id_value, before, after, update,
                                         ts, 0)])
 
+    def record_deletes(self, coll: Collection, deleted: list[tuple[SortKey, Any, bytes]]
+                       ) -> None:
+        """Report the documents one multi-delete statement removed from ``coll`` (already
+        applied): as MongoDB 6.1+ batches them (SERVER-63044, SERVER-64972), up to
+        :data:`DELETE_BATCH` deletes share one oplog entry and so one cluster time, with
+        no ``lsid``; a group of one is a plain delete (SERVER-70544)."""
+        if self.txn is not None or len(deleted) < 2:
+            for key, id_value, raw in deleted:
+                self.record(coll, "delete", key, id_value, raw, None)
+            return
+        for at in range(0, len(deleted), DELETE_BATCH):
+            group = deleted[at:at + DELETE_BATCH]
+            if len(group) == 1:
+                key, id_value, raw = group[0]
+                self.record(coll, "delete", key, id_value, raw, None)
+                continue
+            ts = self.sb.tick()
+            self.sb.oplog.append([
+                entry_for(self.sb, coll, "delete", id_value, raw, None, None, ts, index)
+                for index, (_, id_value, raw) in enumerate(group)])
+
+
+DELETE_BATCH = 10
+"""Deletes per batched-delete oplog entry (MongoDB's ``batchedDeletesTargetBatchDocs``
+default, SERVER-76177)."""
+
 
 def entry_for(sb: Sandbox, coll: Collection, op: str, id_value: Any, before: bytes | None,
               after: bytes | None, update: dict[str, Any] | None, ts: Timestamp, index: int,

@@ -180,3 +180,24 @@ def test_batch_cut_between_a_drop_and_its_invalidate_resumes_with_the_invalidate
     rest = _get_more(db, cursor, 1)
     assert [e["_id"] for e in rest["nextBatch"]] == [resumed["firstBatch"][0]["_id"]]
     assert rest["id"] == 0
+
+
+@pytest.mark.sandbox_only  # a real server batches only from 6.1, by its own parameters
+def test_a_multi_delete_is_logged_in_batches_whose_events_share_a_cluster_time(
+        db: Db) -> None:
+    """MongoDB 6.1+ writes a large ``deleteMany`` as batches of up to 10 deletes, one
+    oplog entry each (SERVER-63044, SERVER-64972, SERVER-76177): the events of one batch
+    share a cluster time and carry no ``lsid``; a batch of one is a plain delete."""
+    db.c.insert_many([{"_id": i} for i in range(25)])
+    start = _now(db)
+    db.c.delete_many({"_id": {"$gte": 4}})  # 21 documents: 10 + 10 + 1
+    cursor = _stream(db, "c", {"startAtOperationTime": start}, None)
+    events = [e for e in cursor["firstBatch"] if e["operationType"] == "delete"]
+    assert [e["documentKey"]["_id"] for e in events] == list(range(4, 25))
+    times = [e["clusterTime"] for e in events]
+    assert times[:10] == [times[0]] * 10
+    assert times[10:20] == [times[10]] * 10
+    assert times[0] < times[10] < times[20]
+    assert len({e["_id"]["_data"] for e in events}) == 21
+    assert not any("lsid" in e or "txnNumber" in e for e in events)
+    db.command("killCursors", "c", cursors=[cursor["id"]])

@@ -23,6 +23,7 @@ from psycopg import sql
 from pymongo import AsyncMongoClient
 
 from backfill.config import BackfillConfig
+from cdc import metrics
 from cdc.batch import Batch, Origin
 from cdc.cursor import operation_time
 from cdc.errors import ReadLeaseLost
@@ -86,9 +87,11 @@ def test_two_daemons_tailing_one_stream_never_resurrect_a_deleted_document(
             # The second daemon lags: its batch with the insert (one event per batch)
             # starts before what the first one committed, so it is refused, and it goes
             # on from the shared checkpoint, past the delete ...
+            refused = metrics.RETRIES.labels("main")._value.get()
             with anyio.fail_after(30):
                 while slow.last_applied < inserted:
                     await slow.run_once()
+            assert metrics.RETRIES.labels("main")._value.get() == refused + 1
             assert slow.last_applied >= deleted
             assert await differences(client, pg_dsn, [ns]) == []
             # ... and a restart (SIGTERM between two batches, a deploy) changes nothing.

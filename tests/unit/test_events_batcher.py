@@ -210,3 +210,54 @@ def test_batches_keep_every_event_once_in_order_and_never_split_a_transaction(
     times = [p.cluster_time for p in positions]
     assert times == sorted(times)
     assert positions[-1].token == tok(10_000)
+
+
+def dele_at(n: int, key: int, inc: int) -> Delete:
+    """A delete event whose cluster time (100, inc) may be shared (a batched delete)."""
+    return Delete(token=tok(n), cluster_time=ClusterTime(100, inc), ns=NS,
+                  document_key=bson.encode({"_id": key}))
+
+
+def test_a_batch_ending_among_events_that_share_its_time_claims_one_tick_less() -> None:
+    acc = Accumulator(max_events=3, max_wait=1.0)
+    acc.start_at(None)
+    # A batched delete: five events at (100, 7); a full reply of three ends among them.
+    feed(acc, [dele_at(1, 1, 7), dele_at(2, 2, 7), dele_at(3, 3, 7)], pbrt=3, requested=3)
+    first = acc.take()
+    assert first is not None
+    assert first.position == Position(tok(3), ClusterTime(100, 7))
+    assert first.applied_through == ClusterTime(100, 6)
+    acc.committed(first.position)
+    # The rest of the group and an event of a later time: (100, 7) is complete.
+    feed(acc, [dele_at(4, 4, 7), dele_at(5, 5, 7), dele_at(6, 6, 8)], pbrt=6, requested=3)
+    second = acc.take()
+    assert second is not None and second.applied_through == ClusterTime(100, 7)
+    acc.committed(second.position)
+    # A short reply whose post-batch token is its last event's own (cut by the byte
+    # limit): nothing says the server got past that event's time.
+    acc.add(dele_at(7, 7, 9), now=0.0)
+    acc.add(dele_at(8, 8, 9), now=0.0)
+    acc.end_of_reply(count=2, requested=100, post_batch_token=tok(8),
+                     reply_time=ClusterTime(100, 9))
+    third = acc.take()
+    assert third is not None and third.applied_through == ClusterTime(100, 8)
+    acc.committed(third.position)
+    # An empty reply: the server had nothing more up to its post-batch time.
+    feed(acc, [], pbrt=11)
+    fourth = acc.take()
+    assert fourth is not None and fourth.applied_through == ClusterTime(100, 11)
+    acc.committed(fourth.position)
+    # A short reply ending with a token past its last event: scanned past it.
+    feed(acc, [dele_at(12, 12, 12)], pbrt=13)
+    fifth = acc.take()
+    assert fifth is not None and fifth.applied_through == ClusterTime(100, 13)
+
+
+def test_a_checkpoint_behind_an_open_transaction_claims_its_own_time() -> None:
+    acc = Accumulator(max_events=1, max_wait=1.0)
+    acc.start_at(None)
+    feed(acc, [ins(1, 1), ins(2, 2, txn=T1)], pbrt=2, requested=2)
+    pending = acc.take()
+    assert pending is not None and pending.events == [ins(1, 1)]
+    # A later event (the open transaction's) was read: (100, 1) is complete.
+    assert pending.applied_through == ClusterTime(100, 1)
