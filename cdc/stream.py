@@ -245,11 +245,9 @@ class Tailer:
             count = await self._run_once()
             if self._staged is not None and not self._ahead.events:
                 await self._settle()  # no event queued: no next batch to stage beside it
-            if self._staged is None:
-                idle = self._acc.idle_through()
-                if idle is not None and idle > self._last_applied:
-                    self._last_applied = idle
-                    metrics.LAST_APPLIED.labels(self.stream_name).set(idle.t)
+            idle = self._acc.idle_through() if self._staged is None else None
+            if idle is not None:
+                self._claim(idle)
             return count
         except anyio.get_cancelled_exc_class():
             # Cancelled by the caller, maybe with a getMore abandoned in flight: where the
@@ -622,7 +620,6 @@ class Tailer:
             return
         after = self._after()
         previous, self._staged = self._staged, None
-        out: list[StagedPort] = []
 
         async def stage() -> None:
             changes, counts = to_changes(await fill_post_images(
@@ -636,8 +633,8 @@ class Tailer:
                         ] if self._letters else []
             batch.letters.extend(self._letters[token] for token in lettered)
             began = time.perf_counter()
-            out.append(await self._sink.stage(batch))
-            self._staged = _InFlight(out[0], position, pending.applied_through, lettered,
+            staged = await self._sink.stage(batch)
+            self._staged = _InFlight(staged, position, pending.applied_through, lettered,
                                      counts, len(pending.events),
                                      time.perf_counter() - began)
 
@@ -651,9 +648,7 @@ class Tailer:
                     tg.start_soon(self._commit, previous)
                     await stage()
             except BaseExceptionGroup as group:
-                self._staged = None
-                for staged in out:
-                    await staged.abort()
+                await self._abort_staged()
                 raise first_failure(group) from None
         self._acc.committed(pending.position)  # handed to the sink: no empty batch repeats it
         if not keep:
@@ -687,9 +682,13 @@ class Tailer:
         for (namespace, op), n in inflight.counts.items():
             metrics.EVENTS_APPLIED.labels(namespace, op).inc(n)
         self._committed = inflight.position
-        if inflight.applied_through > self._last_applied:
-            self._last_applied = inflight.applied_through
-            metrics.LAST_APPLIED.labels(self.stream_name).set(self._last_applied.t)
+        self._claim(inflight.applied_through)
+
+    def _claim(self, through: ClusterTime) -> None:
+        """Every change up to ``through`` is applied (``last_applied`` never goes back)."""
+        if through > self._last_applied:
+            self._last_applied = through
+            metrics.LAST_APPLIED.labels(self.stream_name).set(through.t)
 
     # ------------------------------------------------------------------ DDL
     def _policy(self, ns: Namespace) -> DdlPolicy:

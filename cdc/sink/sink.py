@@ -438,8 +438,8 @@ class Sink:
                 known.direct_fell_back()
                 p.staged_upserts = 0
                 await self._stage(conn, nsql, p, dead, result)
-                return
-            _landed_direct(known, p, result)
+            else:
+                _landed_direct(known, p, result)
             return
         taken: list[tuple[Any, ...]] = []
         source = p.root_records(dead, result, direct=True)
@@ -469,8 +469,8 @@ class Sink:
             known.direct_fell_back()
             taken.extend(source)  # map the rest, once
             await _stage_records(conn, nsql, p, p.staging_records(taken))
-            return
-        _landed_direct(known, p, result)
+        else:
+            _landed_direct(known, p, result)
 
     async def _stage(self, conn: Any, nsql: statements.NamespaceSql, p: NamespacePlan,
                      dead: list[DeadLetter], result: ApplyResult) -> None:
